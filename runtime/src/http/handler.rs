@@ -1,0 +1,270 @@
+//! One request path for every listener: admission (tenant concurrency, body cap), the request
+//! as CGI into the sandbox, the guest's response streamed back, then a log line and metrics.
+//! Listeners only accept connections and call `serve_app`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use super::body::OutBody;
+use crate::error::{Failure, Limit};
+use crate::metrics::Metrics;
+use crate::sandbox::cgi::CgiRequest;
+use crate::sandbox::io::{BodyChunk, GuestInput};
+use crate::sandbox::{App, Envelope, Outcome, Request as GuestRequest, Sandbox};
+
+/// Everything needed to run requests for one routed app.
+pub struct Target {
+    pub tenant: String,
+    pub app: Arc<App>,
+    pub envelope: Arc<Envelope>,
+    /// The tenant's concurrency limit (shared by all of its apps).
+    pub admission: Arc<Semaphore>,
+}
+
+/// What the listener knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub https: bool,
+    /// "HTTP/1.1", "HTTP/2", "HTTP/3".
+    pub protocol: &'static str,
+}
+
+/// Shared by every request: the sandbox, the metrics and the async runtime handle.
+pub struct Shared {
+    pub sandbox: Arc<Sandbox>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A plain response from outpost itself (not from a guest).
+pub fn error_response(failure: &Failure) -> Response<OutBody> {
+    let mut response = Response::new(OutBody::full(failure.client_message()));
+    *response.status_mut() = failure.status();
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if failure.limit() == Some(Limit::Concurrency) {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn cgi_request<B>(req: &Request<B>, conn: &ConnInfo, script_name: &str) -> CgiRequest {
+    let host = req
+        .uri()
+        .host()
+        .map(str::to_string)
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name).to_string())
+        })
+        .unwrap_or_else(|| conn.local.ip().to_string());
+    let mut headers = Vec::with_capacity(req.headers().len() + 1);
+    if let Some(authority) = req.uri().authority() {
+        // HTTP/2 and HTTP/3 carry the host in :authority; guests expect HTTP_HOST.
+        if !req.headers().contains_key(http::header::HOST) {
+            headers.push(("host".to_string(), authority.as_str().as_bytes().to_vec()));
+        }
+    }
+    for (name, value) in req.headers() {
+        headers.push((name.as_str().to_string(), value.as_bytes().to_vec()));
+    }
+    CgiRequest {
+        method: req.method().as_str().to_string(),
+        path: req.uri().path().to_string(),
+        query: req.uri().query().unwrap_or("").to_string(),
+        headers,
+        server_name: host,
+        server_port: conn.local.port(),
+        protocol: conn.protocol.to_string(),
+        remote_addr: conn.remote.ip().to_string(),
+        https: conn.https,
+        script_name: script_name.to_string(),
+    }
+}
+
+/// Feed a request body to the guest's stdin, enforcing the body cap as it arrives.
+fn feed_body<B>(body: B, cap: u64) -> GuestInput
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Send,
+{
+    if body.is_end_stream() {
+        return GuestInput::fixed(Bytes::new());
+    }
+    let (tx, rx) = mpsc::channel::<BodyChunk>(8);
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut seen: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            let chunk = match frame {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue,
+                },
+                Err(_) => {
+                    let _ = tx.send(Err(Failure::ClientGone)).await;
+                    return;
+                }
+            };
+            seen += chunk.len() as u64;
+            if seen > cap {
+                let _ = tx.send(Err(Failure::Limit(Limit::RequestBody))).await;
+                return;
+            }
+            if tx.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    GuestInput::streaming(rx)
+}
+
+/// Serve one request with a guest.
+pub async fn serve_app<B>(
+    shared: &Shared,
+    target: &Target,
+    req: Request<B>,
+    conn: &ConnInfo,
+    script_name: &str,
+) -> Response<OutBody>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Send,
+{
+    let tenant = target.tenant.as_str();
+    let app_name = target.app.name.as_str();
+    let record_early = |failure: Failure| {
+        shared.metrics.record_failure(tenant, &failure);
+        shared
+            .metrics
+            .requests
+            .with_label_values(&[tenant, app_name, conn.protocol, failure.status().as_str()])
+            .inc();
+        tracing::info!(
+            target: "outpost::request",
+            tenant, app = app_name, protocol = conn.protocol,
+            status = failure.status().as_u16(), failure = %failure,
+        );
+        error_response(&failure)
+    };
+    let limits = &target.envelope.limits;
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.request_body) {
+        return record_early(Failure::Limit(Limit::RequestBody));
+    }
+    let permit: OwnedSemaphorePermit = match target.admission.clone().try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => return record_early(Failure::Limit(Limit::Concurrency)),
+    };
+    let cgi = cgi_request(&req, conn, script_name);
+    let input = feed_body(req.into_body(), limits.request_body);
+    let active = shared.metrics.active.with_label_values(&[tenant]);
+    active.inc();
+    let (start_rx, outcome_rx) = shared.sandbox.dispatch(
+        target.app.clone(),
+        target.envelope.clone(),
+        GuestRequest { cgi, input },
+        tokio::runtime::Handle::current(),
+    );
+    let start = start_rx
+        .await
+        .unwrap_or_else(|_| Err(Failure::Internal("the worker dropped the request".into())));
+    let (response, status) = match start {
+        Ok(started) => {
+            let mut response = Response::new(OutBody::streaming(started.first, started.rest));
+            *response.status_mut() = started.head.status;
+            *response.headers_mut() = started.head.headers;
+            (response, started.head.status)
+        }
+        Err(failure) => (error_response(&failure), failure.status()),
+    };
+    let metrics = shared.metrics.clone();
+    let (tenant, app, digest, protocol) = (
+        target.tenant.clone(),
+        target.app.name.clone(),
+        target.app.digest.clone(),
+        conn.protocol,
+    );
+    tokio::spawn(async move {
+        let outcome = outcome_rx.await;
+        drop(permit);
+        active.dec();
+        if let Ok(outcome) = outcome {
+            log_outcome(&metrics, &tenant, &app, &digest, protocol, status, &outcome);
+        }
+    });
+    response
+}
+
+fn log_outcome(
+    metrics: &Metrics,
+    tenant: &str,
+    app: &str,
+    digest: &str,
+    protocol: &str,
+    status: StatusCode,
+    outcome: &Outcome,
+) {
+    metrics
+        .requests
+        .with_label_values(&[tenant, app, protocol, status.as_str()])
+        .inc();
+    metrics
+        .duration
+        .with_label_values(&[tenant])
+        .observe(outcome.total.as_secs_f64());
+    metrics
+        .instantiate
+        .with_label_values(&[tenant])
+        .observe(outcome.instantiate.as_secs_f64());
+    metrics
+        .fuel_used
+        .with_label_values(&[tenant])
+        .inc_by(outcome.fuel_used);
+    metrics
+        .memory_peak
+        .with_label_values(&[tenant])
+        .observe(outcome.memory_peak as f64);
+    if let Some(failure) = &outcome.failure {
+        metrics.record_failure(tenant, failure);
+    }
+    if !outcome.stderr.bytes.is_empty() {
+        tracing::info!(
+            target: "outpost::tenant",
+            tenant, app, truncated = outcome.stderr.truncated,
+            "stderr: {}", String::from_utf8_lossy(&outcome.stderr.bytes).trim_end(),
+        );
+    }
+    let failure = outcome.failure.as_ref().map(|f| f.to_string());
+    tracing::info!(
+        target: "outpost::request",
+        tenant, app, digest = &digest[..12.min(digest.len())], protocol,
+        status = status.as_u16(),
+        fuel = outcome.fuel_used,
+        memory_peak = outcome.memory_peak,
+        instantiate_us = outcome.instantiate.as_micros() as u64,
+        duration_us = outcome.total.as_micros() as u64,
+        failure = failure.as_deref().unwrap_or(""),
+    );
+}
+
+/// A listener's service wrapper result type.
+pub type ServiceResult = Result<Response<OutBody>, Infallible>;

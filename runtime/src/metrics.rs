@@ -1,0 +1,133 @@
+//! Prometheus series for requests, limits and module loads, in one registry the admin listener
+//! (or `outpost run`'s log) reads. Label values are tenant and app names from configuration,
+//! never anything a client sends, so series stay bounded.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::error::Failure;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub instantiate: HistogramVec,
+    pub fuel_used: IntCounterVec,
+    pub memory_peak: HistogramVec,
+    pub limit_exceeded: IntCounterVec,
+    pub failures: IntCounterVec,
+    pub active: IntGaugeVec,
+    pub module_loads: IntCounterVec,
+}
+
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> prometheus::Result<HistogramVec> {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
+    registry.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let seconds = vec![
+            0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0,
+        ];
+        let bytes = prometheus::exponential_buckets(65536.0, 4.0, 8)?;
+        let active = IntGaugeVec::new(
+            Opts::new("outpost_active_instances", "Guest instances running now"),
+            &["tenant"],
+        )?;
+        registry.register(Box::new(active.clone()))?;
+        Ok(Self {
+            requests: counter(
+                &registry,
+                "outpost_requests_total",
+                "Requests answered, by tenant, app, protocol and status",
+                &["tenant", "app", "protocol", "status"],
+            )?,
+            duration: histogram(
+                &registry,
+                "outpost_request_duration_seconds",
+                "Time from dispatch to the guest's end",
+                &["tenant"],
+                seconds.clone(),
+            )?,
+            instantiate: histogram(
+                &registry,
+                "outpost_instantiate_seconds",
+                "Time to create a fresh instance",
+                &["tenant"],
+                seconds,
+            )?,
+            fuel_used: counter(
+                &registry,
+                "outpost_fuel_used_total",
+                "Fuel (Wasm operators) spent by guests",
+                &["tenant"],
+            )?,
+            memory_peak: histogram(
+                &registry,
+                "outpost_memory_peak_bytes",
+                "Peak linear memory of a request",
+                &["tenant"],
+                bytes,
+            )?,
+            limit_exceeded: counter(
+                &registry,
+                "outpost_limit_exceeded_total",
+                "Requests stopped by a per-tenant limit",
+                &["tenant", "limit"],
+            )?,
+            failures: counter(
+                &registry,
+                "outpost_request_failures_total",
+                "Failed requests by kind (limits, traps, bad responses, ...)",
+                &["tenant", "kind"],
+            )?,
+            active,
+            module_loads: counter(
+                &registry,
+                "outpost_module_loads_total",
+                "Modules made ready, by source: compiled or loaded from the artifact cache",
+                &["source"],
+            )?,
+            registry,
+        })
+    }
+
+    pub fn record_failure(&self, tenant: &str, failure: &Failure) {
+        self.failures
+            .with_label_values(&[tenant, failure.kind()])
+            .inc();
+        if let Some(limit) = failure.limit() {
+            self.limit_exceeded
+                .with_label_values(&[tenant, limit.label()])
+                .inc();
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,239 @@
+//! Admission of a module before any compile: a pure pass over the bytes that refuses what is
+//! not a WASI command outpost can run, naming the cause. It never compiles or allocates more
+//! than the module's own import list.
+
+use wasmer::wasmparser::{Parser, Payload, TypeRef, ValType};
+
+use super::wasi::{signature_of, WASI_P1};
+
+/// How the module will be hosted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// Every import is a WASI preview 1 call the lean in-process host implements.
+    Lean,
+}
+
+/// What the admission check learned about an acceptable module.
+#[derive(Debug, Clone)]
+pub struct ModuleShape {
+    pub host: HostKind,
+    /// Imported WASI function names, in import order.
+    pub imports: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CheckError {
+    #[error("the module is empty (0 bytes)")]
+    Empty,
+    #[error("the module is {size} bytes, over the {cap}-byte module size limit")]
+    TooLarge { size: usize, cap: usize },
+    #[error("not a WebAssembly module: it does not start with the \\0asm magic bytes")]
+    NotWasm,
+    #[error("the WebAssembly module is malformed or truncated: {0}")]
+    Malformed(String),
+    #[error(
+        "it is a WebAssembly component, but outpost runs core modules built for wasm32-wasip1"
+    )]
+    Component,
+    #[error("not a WASI command: it exports no `_start` function (a reactor or library module?); build it as a binary for wasm32-wasip1")]
+    NoStart,
+    #[error("imports `{module}`.`{name}`, which outpost does not provide (guests may import only wasi_snapshot_preview1 functions)")]
+    ForeignImport { module: String, name: String },
+    #[error(
+        "imports `{module}`.`{name}` with signature {found}, but outpost provides it as {expected}"
+    )]
+    WrongSignature {
+        module: String,
+        name: String,
+        found: String,
+        expected: String,
+    },
+    #[error("imports a {kind} `{module}`.`{name}`; outpost provides only functions")]
+    NonFunctionImport {
+        kind: &'static str,
+        module: String,
+        name: String,
+    },
+}
+
+const WASI_MODULE: &str = "wasi_snapshot_preview1";
+
+fn sig_string(params: &[ValType], results: &[ValType]) -> String {
+    let list = |tys: &[ValType]| {
+        tys.iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("({}) -> ({})", list(params), list(results))
+}
+
+/// Check a module's bytes. Cheap: it reads section headers, the type and import sections and
+/// the export names; function bodies are left to the compiler's validation.
+pub fn check_module(bytes: &[u8], max_size: usize) -> Result<ModuleShape, CheckError> {
+    if bytes.is_empty() {
+        return Err(CheckError::Empty);
+    }
+    if bytes.len() > max_size {
+        return Err(CheckError::TooLarge {
+            size: bytes.len(),
+            cap: max_size,
+        });
+    }
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(CheckError::NotWasm);
+    }
+    let malformed = |e: wasmer::wasmparser::BinaryReaderError| CheckError::Malformed(e.to_string());
+    let mut types: Vec<(Vec<ValType>, Vec<ValType>)> = Vec::new();
+    let mut imports = Vec::new();
+    let mut has_start = false;
+    let mut saw_end = false;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(malformed)? {
+            Payload::Version { encoding, .. } => {
+                if encoding == wasmer::wasmparser::Encoding::Component {
+                    return Err(CheckError::Component);
+                }
+            }
+            Payload::TypeSection(reader) => {
+                for ty in reader.into_iter_err_on_gc_types() {
+                    let ty = ty.map_err(malformed)?;
+                    types.push((ty.params().to_vec(), ty.results().to_vec()));
+                }
+            }
+            Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    let import = import.map_err(malformed)?;
+                    let (module, name) = (import.module.to_string(), import.name.to_string());
+                    let type_index = match import.ty {
+                        TypeRef::Func(i) | TypeRef::FuncExact(i) => i,
+                        TypeRef::Memory(_) => {
+                            return Err(CheckError::NonFunctionImport {
+                                kind: "memory",
+                                module,
+                                name,
+                            })
+                        }
+                        TypeRef::Table(_) => {
+                            return Err(CheckError::NonFunctionImport {
+                                kind: "table",
+                                module,
+                                name,
+                            })
+                        }
+                        TypeRef::Global(_) => {
+                            return Err(CheckError::NonFunctionImport {
+                                kind: "global",
+                                module,
+                                name,
+                            })
+                        }
+                        TypeRef::Tag(_) => {
+                            return Err(CheckError::NonFunctionImport {
+                                kind: "tag",
+                                module,
+                                name,
+                            })
+                        }
+                    };
+                    if module != WASI_MODULE {
+                        return Err(CheckError::ForeignImport { module, name });
+                    }
+                    let Some((want_params, want_results)) = signature_of(&name) else {
+                        return Err(CheckError::ForeignImport { module, name });
+                    };
+                    let (params, results) = types.get(type_index as usize).ok_or_else(|| {
+                        CheckError::Malformed(format!(
+                            "import {name} names unknown type {type_index}"
+                        ))
+                    })?;
+                    if params.as_slice() != want_params.as_slice()
+                        || results.as_slice() != want_results.as_slice()
+                    {
+                        return Err(CheckError::WrongSignature {
+                            module,
+                            name,
+                            found: sig_string(params, results),
+                            expected: sig_string(&want_params, &want_results),
+                        });
+                    }
+                    imports.push(name);
+                }
+            }
+            Payload::ExportSection(reader) => {
+                for export in reader {
+                    let export = export.map_err(malformed)?;
+                    if export.name == "_start"
+                        && export.kind == wasmer::wasmparser::ExternalKind::Func
+                    {
+                        has_start = true;
+                    }
+                }
+            }
+            Payload::End(_) => saw_end = true,
+            _ => {}
+        }
+    }
+    if !saw_end {
+        return Err(CheckError::Malformed("unexpected end of module".into()));
+    }
+    if !has_start {
+        return Err(CheckError::NoStart);
+    }
+    debug_assert!(imports.iter().all(|n| WASI_P1.iter().any(|f| f.0 == n)));
+    Ok(ModuleShape {
+        host: HostKind::Lean,
+        imports,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wat(src: &str) -> Vec<u8> {
+        wasmer::wat2wasm(src.as_bytes()).expect("wat").into_owned()
+    }
+
+    #[test]
+    fn refuses_each_bad_shape_with_its_cause() {
+        assert_eq!(check_module(b"", 1 << 20).unwrap_err(), CheckError::Empty);
+        assert_eq!(
+            check_module(b"hello world, not wasm", 1 << 20).unwrap_err(),
+            CheckError::NotWasm
+        );
+        let good = wat(r#"(module (func (export "_start")))"#);
+        assert!(check_module(&good, 1 << 20).is_ok());
+        assert!(matches!(
+            check_module(&good[..good.len() - 3], 1 << 20).unwrap_err(),
+            CheckError::Malformed(_)
+        ));
+        assert_eq!(
+            check_module(&good, 4).unwrap_err(),
+            CheckError::TooLarge {
+                size: good.len(),
+                cap: 4
+            }
+        );
+        let reactor = wat(r#"(module (func (export "_initialize")))"#);
+        assert_eq!(
+            check_module(&reactor, 1 << 20).unwrap_err(),
+            CheckError::NoStart
+        );
+        let foreign = wat(
+            r#"(module (import "env" "open_socket" (func (param i32) (result i32))) (func (export "_start")))"#,
+        );
+        assert_eq!(
+            check_module(&foreign, 1 << 20).unwrap_err(),
+            CheckError::ForeignImport {
+                module: "env".into(),
+                name: "open_socket".into()
+            }
+        );
+        let wrong = wat(
+            r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32) (result i32))) (func (export "_start")))"#,
+        );
+        let err = check_module(&wrong, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("fd_write"), "{err}");
+    }
+}

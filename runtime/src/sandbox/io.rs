@@ -1,0 +1,435 @@
+//! A guest's stdio: the request body in (stdin), the CGI response out (stdout, streamed as it
+//! is written), and a capped stderr. These run on a worker thread and wait on the async side
+//! only through bounded channels with the request's deadline, never forever.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
+
+use super::cgi::{find_head_end, parse_head, ResponseHead, MAX_HEAD_BYTES};
+use crate::error::{Failure, Limit};
+
+/// Output is handed to the client in chunks of about this size...
+const FLUSH_BYTES: usize = 16 * 1024;
+/// ...or once the oldest unsent byte is this old, so a slow guest still streams.
+const FLUSH_AGE: Duration = Duration::from_millis(2);
+/// Chunks in flight between a guest and its client before the guest waits.
+pub const BODY_CHANNEL_CHUNKS: usize = 16;
+
+/// Why a host call stops the guest.
+#[derive(Debug)]
+pub enum HostStop {
+    /// `proc_exit` with this code.
+    Exit(i32),
+    /// The request fails.
+    Fail(Failure),
+}
+
+impl std::fmt::Display for HostStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostStop::Exit(code) => write!(f, "guest exited with code {code}"),
+            HostStop::Fail(failure) => failure.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for HostStop {}
+
+impl From<Failure> for HostStop {
+    fn from(f: Failure) -> Self {
+        HostStop::Fail(f)
+    }
+}
+
+/// A response body chunk, or the reason the body was cut short.
+pub type BodyChunk = Result<Bytes, Failure>;
+
+/// The start of a guest's response: its head and what followed it so far.
+#[derive(Debug)]
+pub struct Started {
+    pub head: ResponseHead,
+    pub first: Bytes,
+    /// The rest of the body; `None` when the guest had already finished (`first` is all).
+    pub rest: Option<mpsc::Receiver<BodyChunk>>,
+}
+
+/// The request body as the guest reads it from stdin.
+#[derive(Debug)]
+pub struct GuestInput {
+    current: Bytes,
+    source: Option<mpsc::Receiver<BodyChunk>>,
+}
+
+impl GuestInput {
+    /// A body known in full up front.
+    pub fn fixed(body: Bytes) -> Self {
+        Self {
+            current: body,
+            source: None,
+        }
+    }
+
+    /// A body that arrives while the guest runs.
+    pub fn streaming(rx: mpsc::Receiver<BodyChunk>) -> Self {
+        Self {
+            current: Bytes::new(),
+            source: Some(rx),
+        }
+    }
+
+    /// Whether a read would return without waiting.
+    pub fn ready(&mut self) -> bool {
+        if !self.current.is_empty() || self.source.is_none() {
+            return true;
+        }
+        match self.source.as_mut().map(|rx| rx.try_recv()) {
+            Some(Ok(Ok(chunk))) => {
+                self.current = chunk;
+                true
+            }
+            Some(Err(mpsc::error::TryRecvError::Empty)) => false,
+            _ => true,
+        }
+    }
+
+    /// Up to `max` bytes; empty at end of body.
+    pub fn read(
+        &mut self,
+        max: usize,
+        handle: &Handle,
+        deadline: Instant,
+    ) -> Result<Bytes, HostStop> {
+        while self.current.is_empty() {
+            let Some(rx) = self.source.as_mut() else {
+                return Ok(Bytes::new());
+            };
+            let next = match rx.try_recv() {
+                Ok(chunk) => Some(chunk),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let until = tokio::time::Instant::from_std(deadline);
+                    // The timer must be created inside the runtime's context.
+                    handle
+                        .block_on(async { tokio::time::timeout_at(until, rx.recv()).await })
+                        .map_err(|_| Failure::Limit(Limit::Time))?
+                }
+            };
+            match next {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(failure)) => return Err(failure.into()),
+                None => {
+                    self.source = None;
+                    return Ok(Bytes::new());
+                }
+            }
+        }
+        let n = max.min(self.current.len());
+        Ok(self.current.split_to(n))
+    }
+}
+
+enum OutState {
+    /// Collecting the CGI head.
+    Head(Vec<u8>),
+    /// Head parsed, not yet sent (the guest may still fail and get a clean error status).
+    Parsed(ResponseHead),
+    /// Head sent; body chunks follow.
+    Streaming,
+    /// Nothing more will be sent.
+    Closed,
+}
+
+/// The guest's stdout, parsed as CGI and streamed to the client.
+pub struct GuestOutput {
+    state: OutState,
+    start_tx: Option<oneshot::Sender<Result<Started, Failure>>>,
+    body_tx: Option<mpsc::Sender<BodyChunk>>,
+    pending: BytesMut,
+    pending_since: Option<Instant>,
+    body_bytes: u64,
+    body_cap: u64,
+}
+
+impl GuestOutput {
+    pub fn new(body_cap: u64) -> (Self, oneshot::Receiver<Result<Started, Failure>>) {
+        let (start_tx, start_rx) = oneshot::channel();
+        let out = Self {
+            state: OutState::Head(Vec::new()),
+            start_tx: Some(start_tx),
+            body_tx: None,
+            pending: BytesMut::new(),
+            pending_since: None,
+            body_bytes: 0,
+            body_cap,
+        };
+        (out, start_rx)
+    }
+
+    /// Bytes the guest wrote to stdout.
+    pub fn write(
+        &mut self,
+        data: &[u8],
+        handle: &Handle,
+        deadline: Instant,
+    ) -> Result<(), HostStop> {
+        let body = match &mut self.state {
+            OutState::Head(buf) => {
+                let searched_from = buf.len().saturating_sub(3);
+                buf.extend_from_slice(data);
+                let found = find_head_end(&buf[searched_from..])
+                    .map(|(end, body)| (end + searched_from, body + searched_from));
+                match found {
+                    None if buf.len() > MAX_HEAD_BYTES => {
+                        return Err(Failure::BadResponse(format!(
+                            "no blank line within the first {MAX_HEAD_BYTES} bytes of output"
+                        ))
+                        .into())
+                    }
+                    None => return Ok(()),
+                    Some((end, body_start)) => {
+                        let head = parse_head(&buf[..end]).map_err(Failure::BadResponse)?;
+                        let body = buf.split_off(body_start);
+                        self.state = OutState::Parsed(head);
+                        body
+                    }
+                }
+            }
+            OutState::Closed => return Ok(()),
+            _ => data.to_vec(),
+        };
+        self.push_body(&body)?;
+        let aged = self.pending_since.is_some_and(|t| t.elapsed() >= FLUSH_AGE);
+        if self.pending.len() >= FLUSH_BYTES || aged {
+            self.flush(handle, deadline)?;
+        }
+        Ok(())
+    }
+
+    fn push_body(&mut self, data: &[u8]) -> Result<(), HostStop> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.body_bytes += data.len() as u64;
+        if self.body_bytes > self.body_cap {
+            return Err(Failure::Limit(Limit::ResponseBody).into());
+        }
+        if self.pending.is_empty() {
+            self.pending_since = Some(Instant::now());
+        }
+        self.pending.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// Send what is pending, waiting (up to the deadline) if the client is slow.
+    pub fn flush(&mut self, handle: &Handle, deadline: Instant) -> Result<(), HostStop> {
+        match std::mem::replace(&mut self.state, OutState::Closed) {
+            OutState::Parsed(head) => {
+                let (tx, rx) = mpsc::channel(BODY_CHANNEL_CHUNKS);
+                let first = self.take_pending();
+                self.start(Ok(Started {
+                    head,
+                    first,
+                    rest: Some(rx),
+                }))?;
+                self.body_tx = Some(tx);
+                self.state = OutState::Streaming;
+                Ok(())
+            }
+            OutState::Streaming => {
+                self.state = OutState::Streaming;
+                if self.pending.is_empty() {
+                    return Ok(());
+                }
+                let chunk = self.take_pending();
+                self.send_chunk(Ok(chunk), handle, deadline)
+            }
+            other => {
+                self.state = other;
+                Ok(())
+            }
+        }
+    }
+
+    fn take_pending(&mut self) -> Bytes {
+        self.pending_since = None;
+        self.pending.split().freeze()
+    }
+
+    fn start(&mut self, started: Result<Started, Failure>) -> Result<(), HostStop> {
+        match self.start_tx.take() {
+            Some(tx) => tx.send(started).map_err(|_| Failure::ClientGone.into()),
+            None => Ok(()),
+        }
+    }
+
+    fn send_chunk(
+        &mut self,
+        chunk: BodyChunk,
+        handle: &Handle,
+        deadline: Instant,
+    ) -> Result<(), HostStop> {
+        let Some(tx) = self.body_tx.as_ref() else {
+            return Ok(());
+        };
+        match tx.try_send(chunk) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Failure::ClientGone.into()),
+            Err(mpsc::error::TrySendError::Full(chunk)) => {
+                let until = tokio::time::Instant::from_std(deadline);
+                match handle
+                    .block_on(async { tokio::time::timeout_at(until, tx.send(chunk)).await })
+                {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(Failure::ClientGone.into()),
+                    Err(_) => Err(Failure::Limit(Limit::Time).into()),
+                }
+            }
+        }
+    }
+
+    /// The guest ended normally: complete the response, or say why it is not one.
+    pub fn finish(&mut self, handle: &Handle, deadline: Instant) -> Result<(), Failure> {
+        match std::mem::replace(&mut self.state, OutState::Closed) {
+            OutState::Head(buf) => Err(Failure::BadResponse(if buf.is_empty() {
+                "the app wrote nothing to stdout".into()
+            } else {
+                "the output has no blank line after the headers".into()
+            })),
+            OutState::Parsed(head) => {
+                let first = self.take_pending();
+                self.start(Ok(Started {
+                    head,
+                    first,
+                    rest: None,
+                }))
+                .map_err(|_| Failure::ClientGone)
+            }
+            OutState::Streaming => {
+                self.state = OutState::Streaming;
+                let flushed = self.flush(handle, deadline);
+                self.state = OutState::Closed;
+                self.body_tx = None;
+                flushed.map_err(|stop| match stop {
+                    HostStop::Fail(f) => f,
+                    HostStop::Exit(_) => Failure::ClientGone,
+                })
+            }
+            OutState::Closed => Ok(()),
+        }
+    }
+
+    /// The request failed: an error status if nothing was sent yet, else cut the body.
+    pub fn fail(&mut self, failure: Failure) {
+        self.state = OutState::Closed;
+        self.pending.clear();
+        if self.start_tx.is_some() {
+            let _ = self.start(Err(failure));
+        } else if let Some(tx) = self.body_tx.take() {
+            // Best effort: a full channel means the client is far behind; dropping the
+            // sender without a final chunk also ends the body early.
+            let _ = tx.try_send(Err(failure));
+        }
+    }
+}
+
+/// The guest's stderr, kept up to a cap for the tenant's log.
+#[derive(Debug, Default)]
+pub struct StderrBuf {
+    pub bytes: Vec<u8>,
+    pub truncated: bool,
+    cap: usize,
+}
+
+impl StderrBuf {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            bytes: Vec::new(),
+            truncated: false,
+            cap,
+        }
+    }
+
+    pub fn write(&mut self, data: &[u8]) {
+        let room = self.cap.saturating_sub(self.bytes.len());
+        if data.len() > room {
+            self.truncated = true;
+        }
+        self.bytes.extend_from_slice(&data[..data.len().min(room)]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn a_finished_guest_sends_its_whole_response_at_once() {
+        let rt = rt();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (mut out, mut rx) = GuestOutput::new(1 << 20);
+        out.write(b"Content-Type: text/plain\n\nhel", rt.handle(), deadline)
+            .expect("write");
+        out.write(b"lo", rt.handle(), deadline).expect("write");
+        out.finish(rt.handle(), deadline).expect("finish");
+        let started = rx.try_recv().expect("sent").expect("ok");
+        assert_eq!(started.head.status, 200);
+        assert_eq!(&started.first[..], b"hello");
+        assert!(started.rest.is_none());
+    }
+
+    #[test]
+    fn a_failure_before_the_first_flush_becomes_an_error_status() {
+        let rt = rt();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (mut out, mut rx) = GuestOutput::new(1 << 20);
+        out.write(b"Status: 200\n\npartial", rt.handle(), deadline)
+            .expect("write");
+        out.fail(Failure::Trap("unreachable".into()));
+        assert_eq!(
+            rx.try_recv().expect("sent").expect_err("failure"),
+            Failure::Trap("unreachable".into())
+        );
+    }
+
+    #[test]
+    fn output_without_a_blank_line_is_a_bad_response() {
+        let rt = rt();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (mut out, _rx) = GuestOutput::new(1 << 20);
+        out.write(b"just text", rt.handle(), deadline)
+            .expect("write");
+        assert!(matches!(
+            out.finish(rt.handle(), deadline),
+            Err(Failure::BadResponse(_))
+        ));
+        let (mut empty, _rx) = GuestOutput::new(1 << 20);
+        assert!(matches!(
+            empty.finish(rt.handle(), deadline),
+            Err(Failure::BadResponse(_))
+        ));
+    }
+
+    #[test]
+    fn the_response_cap_stops_the_guest() {
+        let rt = rt();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (mut out, _rx) = GuestOutput::new(4);
+        let err = out
+            .write(b"\nmore than four", rt.handle(), deadline)
+            .expect_err("over cap");
+        assert!(matches!(
+            err,
+            HostStop::Fail(Failure::Limit(Limit::ResponseBody))
+        ));
+    }
+}

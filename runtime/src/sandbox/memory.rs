@@ -1,0 +1,419 @@
+//! Linear memories for guests: a per-tenant page cap and a pool of recycled reservations.
+//! Owns the mmap'd address ranges behind every guest memory; it never decides request outcomes,
+//! it only refuses growth past the cap (the guest then sees `memory.grow` return -1).
+
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+use wasmer::sys::vm::{
+    LinearMemory, MemoryError, MemoryStyle, VMConfig, VMMemory, VMMemoryDefinition, VMTable,
+    VMTableDefinition,
+};
+use wasmer::sys::Tunables;
+use wasmer::{MemoryType, Pages, TableStyle, TableType, WASM_PAGE_SIZE};
+
+const OS_PAGE: usize = 4096;
+
+thread_local! {
+    /// Set when a `memory.grow` on this thread was refused by the cap, so a trap that follows
+    /// can be reported as the memory limit rather than a plain trap.
+    static GROW_DENIED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a grow was refused on this thread since the last call; resets the flag.
+pub fn take_grow_denied() -> bool {
+    GROW_DENIED.with(|flag| flag.replace(false))
+}
+/// Above this many accessible bytes a recycled memory is handed back to the kernel whole
+/// instead of being zeroed page by page.
+const ZERO_IN_PLACE_MAX: usize = 16 << 20;
+/// Wasm stack for each call into a guest; deep recursion past it traps as a stack overflow.
+const GUEST_STACK_BYTES: usize = 1 << 20;
+
+/// Every guest memory is a static 4 GiB heap plus wasmer's offset guard, so compiled code can
+/// elide bounds checks; the reservation costs address space only.
+fn reservation_bytes() -> usize {
+    MemoryStyle::static_bound().bytes().0 + MemoryStyle::static_offset_guard_size() as usize
+}
+
+/// One reserved address range, with `accessible` bytes at its start readable and writable and
+/// guaranteed to read as zero when the slot is idle.
+#[derive(Debug)]
+struct Slot {
+    base: NonNull<u8>,
+    accessible: usize,
+}
+
+// SAFETY: a slot is a plain address range owned by exactly one holder at a time (the pool or
+// one guest memory); nothing in it is tied to a thread.
+unsafe impl Send for Slot {}
+unsafe impl Sync for Slot {}
+
+impl Slot {
+    fn reserve() -> Result<Slot, MemoryError> {
+        // SAFETY: an anonymous PROT_NONE mapping touches no existing memory.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                reservation_bytes(),
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(MemoryError::Region(format!(
+                "reserving guest memory: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let base = NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| MemoryError::Region("mmap returned null".into()))?;
+        Ok(Slot {
+            base,
+            accessible: 0,
+        })
+    }
+
+    /// Make exactly the first `bytes` of the slot accessible; the rest traps on access.
+    fn set_accessible(&mut self, bytes: usize) -> Result<(), MemoryError> {
+        let (start, len, prot) = if bytes > self.accessible {
+            (
+                self.accessible,
+                bytes - self.accessible,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        } else if bytes < self.accessible {
+            (bytes, self.accessible - bytes, libc::PROT_NONE)
+        } else {
+            return Ok(());
+        };
+        // SAFETY: [start, start+len) lies inside this slot's reservation, which we own.
+        let rc = unsafe { libc::mprotect(self.base.as_ptr().add(start).cast(), len, prot) };
+        if rc != 0 {
+            return Err(MemoryError::Region(format!(
+                "mprotect guest memory: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        if prot == libc::PROT_NONE {
+            // Pages leaving the accessible range must not keep data for the next tenant.
+            self.discard(start, len);
+        }
+        self.accessible = bytes;
+        Ok(())
+    }
+
+    fn discard(&self, start: usize, len: usize) {
+        // SAFETY: inside our reservation; MADV_DONTNEED on private anonymous memory makes the
+        // range read back as zero.
+        unsafe {
+            libc::madvise(
+                self.base.as_ptr().add(start).cast(),
+                len,
+                libc::MADV_DONTNEED,
+            );
+        }
+    }
+
+    /// Return the accessible range to all zeroes. Resident pages are cleared in place (cheaper
+    /// than refaulting them on the next request); pages that are not resident, including any
+    /// swapped out, are discarded so they cannot come back with old contents.
+    fn scrub(&self) {
+        let len = self.accessible;
+        if len == 0 {
+            return;
+        }
+        if len > ZERO_IN_PLACE_MAX {
+            self.discard(0, len);
+            return;
+        }
+        let pages = len / OS_PAGE;
+        let mut resident = vec![0u8; pages];
+        // SAFETY: the range is mapped (accessible) and `resident` has one byte per page.
+        let rc =
+            unsafe { libc::mincore(self.base.as_ptr().cast(), len, resident.as_mut_ptr().cast()) };
+        if rc != 0 {
+            self.discard(0, len);
+            return;
+        }
+        let mut page = 0;
+        while page < pages {
+            let is_resident = resident[page] & 1 == 1;
+            let run_start = page;
+            while page < pages && (resident[page] & 1 == 1) == is_resident {
+                page += 1;
+            }
+            let (off, run) = (run_start * OS_PAGE, (page - run_start) * OS_PAGE);
+            if is_resident {
+                // SAFETY: the run is accessible (read-write) memory that no instance uses now.
+                unsafe { std::ptr::write_bytes(self.base.as_ptr().add(off), 0, run) };
+            } else {
+                self.discard(off, run);
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the reservation we mapped in `reserve`.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), reservation_bytes()) };
+    }
+}
+
+/// Idle memory reservations shared by every engine handle of a sandbox.
+#[derive(Debug)]
+pub struct MemoryPool {
+    idle: Mutex<Vec<Slot>>,
+    max_idle: usize,
+}
+
+impl MemoryPool {
+    pub fn new(max_idle: usize) -> Arc<Self> {
+        Arc::new(Self {
+            idle: Mutex::new(Vec::with_capacity(max_idle)),
+            max_idle,
+        })
+    }
+
+    fn take(&self) -> Result<Slot, MemoryError> {
+        let slot = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        match slot {
+            Some(slot) => Ok(slot),
+            None => Slot::reserve(),
+        }
+    }
+
+    fn give_back(&self, slot: Slot) {
+        slot.scrub();
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < self.max_idle {
+                idle.push(slot);
+            }
+        }
+    }
+
+    /// Number of reservations waiting for reuse.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().map(|idle| idle.len()).unwrap_or(0)
+    }
+}
+
+/// A guest's linear memory backed by a pooled slot; returned to the pool, zeroed, on drop.
+#[derive(Debug)]
+struct PooledMemory {
+    slot: Option<Slot>,
+    pool: Arc<MemoryPool>,
+    ty: MemoryType,
+    size: Pages,
+    maximum: Pages,
+    definition: NonNull<VMMemoryDefinition>,
+}
+
+// SAFETY: the memory is used by one store at a time; the definition pointer points into that
+// store's instance, which owns this memory.
+unsafe impl Send for PooledMemory {}
+unsafe impl Sync for PooledMemory {}
+
+impl PooledMemory {
+    fn base(&self) -> *mut u8 {
+        self.slot
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |s| s.base.as_ptr())
+    }
+
+    fn publish(&mut self) {
+        let base = self.base();
+        // SAFETY: wasmer hands us a valid definition location owned by the instance.
+        unsafe {
+            let def = self.definition.as_mut();
+            def.base = base;
+            def.current_length = self.size.bytes().0;
+        }
+    }
+}
+
+impl LinearMemory for PooledMemory {
+    fn ty(&self) -> MemoryType {
+        let mut ty = self.ty;
+        ty.minimum = self.size;
+        ty
+    }
+
+    fn size(&self) -> Pages {
+        self.size
+    }
+
+    fn style(&self) -> MemoryStyle {
+        MemoryStyle::Static
+    }
+
+    fn grow(&mut self, delta: Pages) -> Result<Pages, MemoryError> {
+        let previous = self.size;
+        let fail = || MemoryError::CouldNotGrow {
+            current: previous,
+            attempted_delta: delta,
+        };
+        let wanted = previous.checked_add(delta).ok_or_else(fail)?;
+        if wanted > self.maximum {
+            GROW_DENIED.with(|flag| flag.set(true));
+            return Err(fail());
+        }
+        if delta.0 == 0 {
+            return Ok(previous);
+        }
+        let slot = self.slot.as_mut().ok_or_else(fail)?;
+        slot.set_accessible(wanted.bytes().0)?;
+        self.size = wanted;
+        self.publish();
+        Ok(previous)
+    }
+
+    fn vmmemory(&self) -> NonNull<VMMemoryDefinition> {
+        self.definition
+    }
+
+    fn try_clone(&self) -> Result<Box<dyn LinearMemory + Send + Sync + 'static>, MemoryError> {
+        Err(MemoryError::MemoryNotShared)
+    }
+
+    fn copy(&self) -> Result<Box<dyn LinearMemory + Send + Sync + 'static>, MemoryError> {
+        Err(MemoryError::UnsupportedOperation {
+            message: "pooled guest memories are not copied".into(),
+        })
+    }
+}
+
+impl Drop for PooledMemory {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.pool.give_back(slot);
+        }
+    }
+}
+
+/// Engine tunables for one memory cap: static memories from the shared pool, at most
+/// `max_pages` pages each, and a fixed guest stack.
+pub struct CappedTunables {
+    max_pages: Pages,
+    pool: Arc<MemoryPool>,
+    vmconfig: VMConfig,
+}
+
+impl CappedTunables {
+    pub fn new(max_bytes: u64, pool: Arc<MemoryPool>) -> Self {
+        let pages = (max_bytes / WASM_PAGE_SIZE as u64).min(u64::from(Pages::max_value().0));
+        Self {
+            max_pages: Pages(pages as u32),
+            pool,
+            vmconfig: VMConfig {
+                wasm_stack_size: Some(GUEST_STACK_BYTES),
+            },
+        }
+    }
+
+    fn capped(&self, ty: &MemoryType) -> Result<MemoryType, MemoryError> {
+        if ty.minimum > self.max_pages {
+            return Err(MemoryError::MinimumMemoryTooLarge {
+                min_requested: ty.minimum,
+                max_allowed: self.max_pages,
+            });
+        }
+        let mut capped = *ty;
+        capped.maximum = Some(ty.maximum.map_or(self.max_pages, |m| m.min(self.max_pages)));
+        Ok(capped)
+    }
+}
+
+impl Tunables for CappedTunables {
+    fn memory_style(&self, _memory: &MemoryType) -> MemoryStyle {
+        MemoryStyle::Static
+    }
+
+    fn table_style(&self, _table: &TableType) -> TableStyle {
+        TableStyle::CallerChecksSignature
+    }
+
+    fn create_host_memory(
+        &self,
+        ty: &MemoryType,
+        style: &MemoryStyle,
+    ) -> Result<VMMemory, MemoryError> {
+        VMMemory::new(&self.capped(ty)?, style)
+    }
+
+    unsafe fn create_vm_memory(
+        &self,
+        ty: &MemoryType,
+        style: &MemoryStyle,
+        vm_definition_location: NonNull<VMMemoryDefinition>,
+    ) -> Result<VMMemory, MemoryError> {
+        let capped = self.capped(ty)?;
+        if capped.shared || !matches!(style, MemoryStyle::Static) {
+            // SAFETY: forwarded from our caller's contract.
+            return unsafe { VMMemory::from_definition(&capped, style, vm_definition_location) };
+        }
+        let mut slot = self.pool.take()?;
+        slot.set_accessible(capped.minimum.bytes().0)?;
+        let mut memory = PooledMemory {
+            slot: Some(slot),
+            pool: self.pool.clone(),
+            ty: capped,
+            size: capped.minimum,
+            maximum: capped.maximum.unwrap_or(self.max_pages),
+            definition: vm_definition_location,
+        };
+        memory.publish();
+        let boxed: Box<dyn LinearMemory + Send + Sync + 'static> = Box::new(memory);
+        Ok(VMMemory::from_custom(boxed))
+    }
+
+    fn create_host_table(&self, ty: &TableType, style: &TableStyle) -> Result<VMTable, String> {
+        VMTable::new(ty, style)
+    }
+
+    unsafe fn create_vm_table(
+        &self,
+        ty: &TableType,
+        style: &TableStyle,
+        vm_definition_location: NonNull<VMTableDefinition>,
+    ) -> Result<VMTable, String> {
+        // SAFETY: forwarded from our caller's contract.
+        unsafe { VMTable::from_definition(ty, style, vm_definition_location) }
+    }
+
+    fn vmconfig(&self) -> &VMConfig {
+        &self.vmconfig
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recycled_slot_reads_zero_and_shrinks_access() {
+        let pool = MemoryPool::new(2);
+        let mut slot = pool.take().expect("reserve");
+        slot.set_accessible(4 * WASM_PAGE_SIZE).expect("grow");
+        // SAFETY: the first four wasm pages were just made accessible.
+        unsafe {
+            std::ptr::write_bytes(slot.base.as_ptr(), 0xAB, 3 * WASM_PAGE_SIZE);
+        }
+        let base = slot.base;
+        pool.give_back(slot);
+        assert_eq!(pool.idle(), 1);
+        let mut again = pool.take().expect("reuse");
+        assert_eq!(again.base, base, "the idle slot is reused");
+        // SAFETY: still accessible: 4 pages.
+        let bytes = unsafe { std::slice::from_raw_parts(again.base.as_ptr(), 4 * WASM_PAGE_SIZE) };
+        assert!(
+            bytes.iter().all(|b| *b == 0),
+            "recycled memory reads back zero"
+        );
+        again.set_accessible(WASM_PAGE_SIZE).expect("shrink");
+        assert_eq!(again.accessible, WASM_PAGE_SIZE);
+    }
+}

@@ -1,0 +1,113 @@
+//! Wall-clock deadlines for running guests: one timer thread that interrupts a store whose
+//! deadline passed, and keeps interrupting until the worker disarms it (an interrupt that lands
+//! while the guest is inside a host call is not guaranteed to be seen).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmer::Interrupter;
+
+const RETRY: Duration = Duration::from_millis(5);
+
+struct Armed {
+    interrupter: Interrupter,
+    fired: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Timers {
+    next_id: u64,
+    armed: BTreeMap<(Instant, u64), Armed>,
+}
+
+#[derive(Clone)]
+pub struct Watchdog {
+    shared: Arc<(Mutex<Timers>, Condvar)>,
+}
+
+/// Disarms its timer when dropped; says whether the deadline fired.
+pub struct Guard {
+    shared: Arc<(Mutex<Timers>, Condvar)>,
+    id: u64,
+    fired: Arc<AtomicBool>,
+}
+
+impl Guard {
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(mut timers) = self.shared.0.lock() {
+            timers.armed.retain(|(_, id), _| *id != self.id);
+        }
+    }
+}
+
+impl Watchdog {
+    pub fn start() -> std::io::Result<Self> {
+        let shared: Arc<(Mutex<Timers>, Condvar)> = Arc::default();
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("outpost-watchdog".into())
+            .spawn(move || run(&thread_shared))?;
+        Ok(Self { shared })
+    }
+
+    pub fn arm(&self, deadline: Instant, interrupter: Interrupter) -> Guard {
+        let fired = Arc::new(AtomicBool::new(false));
+        let (lock, wake) = &*self.shared;
+        let mut id = 0;
+        if let Ok(mut timers) = lock.lock() {
+            timers.next_id += 1;
+            id = timers.next_id;
+            timers.armed.insert(
+                (deadline, id),
+                Armed {
+                    interrupter,
+                    fired: fired.clone(),
+                },
+            );
+            wake.notify_one();
+        }
+        Guard {
+            shared: self.shared.clone(),
+            id,
+            fired,
+        }
+    }
+}
+
+fn run(shared: &(Mutex<Timers>, Condvar)) {
+    let (lock, wake) = shared;
+    let Ok(mut timers) = lock.lock() else { return };
+    loop {
+        let now = Instant::now();
+        let due = timers.armed.first_key_value().map(|(k, _)| *k);
+        match due {
+            Some(key) if key.0 <= now => {
+                if let Some(armed) = timers.armed.remove(&key) {
+                    armed.fired.store(true, Ordering::SeqCst);
+                    armed.interrupter.interrupt();
+                    timers.armed.insert((now + RETRY, key.1), armed);
+                }
+            }
+            Some((at, _)) => {
+                timers = match wake.wait_timeout(timers, at - now) {
+                    Ok((t, _)) => t,
+                    Err(_) => return,
+                };
+            }
+            None => {
+                timers = match wake.wait(timers) {
+                    Ok(t) => t,
+                    Err(_) => return,
+                };
+            }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! outpost's integration tests: one binary, one module per area.
+
+mod run;
+mod sandbox;
+mod support;

@@ -1,0 +1,311 @@
+//! `outpost run` against real guests built from source, with curl as the client.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+#[test]
+fn hello_guests_answer_with_exact_bytes() {
+    let data = TempDir::new("hello");
+    let rust = Daemon::run(&hello_rust(), &data.0, &[], &[]);
+    let reply = curl(&rust.url("/"), &[]);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "Hello from outpost!\n");
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(reply.header("content-length"), Some("20"));
+
+    let c = Daemon::run(&c_guest(), &data.0, &[], &[]);
+    let reply = curl(&c.url("/greet"), &["-X", "PUT"]);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "Hello from C! PUT /greet\n");
+    assert_eq!(reply.header("x-guest"), Some("c"));
+
+    let wat = Daemon::run(&wat_guest("hello"), &data.0, &[], &[]);
+    let reply = curl(&wat.url("/"), &[]);
+    assert_eq!((reply.status, reply.text().as_str()), (200, "hello\n"));
+}
+
+#[test]
+fn echo_reflects_method_path_query_headers_and_body() {
+    let data = TempDir::new("echo");
+    let echo = Daemon::run(&echo_rust(), &data.0, &[], &[]);
+    let reply = curl(
+        &echo.url("/meta?a=1&b=two"),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "X-Custom: hello there",
+            "-H",
+            "Content-Type: text/plain",
+            "--data-binary",
+            "abc",
+        ],
+    );
+    assert_eq!(reply.status, 200);
+    let text = reply.text();
+    for line in [
+        "method: POST",
+        "path: /meta",
+        "query: a=1&b=two",
+        "header: HTTP_X_CUSTOM=hello there",
+        "header: CONTENT_TYPE=text/plain",
+        "header: CONTENT_LENGTH=3",
+        "body-bytes: 3",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+    let created = curl(&echo.url("/x?status=201"), &["--data-binary", "hi"]);
+    assert_eq!(created.status, 201);
+    assert_eq!(created.header("x-echo-method"), Some("POST"));
+    assert_eq!(created.header("x-echo-path"), Some("/x"));
+    assert_eq!(created.header("x-echo-query"), Some("status=201"));
+    assert_eq!(created.body, b"hi");
+}
+
+#[test]
+fn a_5_mib_post_round_trips_byte_for_byte() {
+    let data = TempDir::new("big");
+    let echo = Daemon::run(&echo_rust(), &data.0, &["--request-body", "8MiB"], &[]);
+    let payload: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let file = data.path("payload.bin");
+    std::fs::write(&file, &payload).expect("write payload");
+    let reply = curl(
+        &echo.url("/upload"),
+        &[
+            "--data-binary",
+            &format!("@{}", file.display()),
+            "-H",
+            "Content-Type: application/octet-stream",
+        ],
+    );
+    assert_eq!(reply.status, 200, "{}", echo.log_text());
+    assert_eq!(reply.body.len(), payload.len());
+    assert!(reply.body == payload, "echoed bytes differ");
+}
+
+#[test]
+fn the_response_streams_before_the_guest_ends() {
+    let data = TempDir::new("stream");
+    let server = Daemon::run(&test_guest("stream"), &data.0, &[], &[]);
+    let started = Instant::now();
+    let mut child = Command::new("curl")
+        .args(["-sS", "-N", &server.url("/?sleep=1500")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 6];
+    stdout.read_exact(&mut first).expect("first chunk");
+    let first_at = started.elapsed();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("rest");
+    let done_at = started.elapsed();
+    let _ = child.wait();
+    assert_eq!(&first, b"first\n");
+    assert_eq!(rest, "second\n");
+    assert!(
+        first_at < Duration::from_millis(1000),
+        "first bytes arrived after {first_at:?}; the guest sleeps 1.5 s before its second write"
+    );
+    assert!(
+        done_at >= Duration::from_millis(1400),
+        "the whole response took only {done_at:?}"
+    );
+}
+
+/// Each hostile fixture gets its status within its limit plus a margin, and the daemon keeps
+/// serving.
+#[test]
+fn hostile_guests_fail_only_their_own_request() {
+    let data = TempDir::new("hostile");
+    let cases: &[(&str, &[&str], u16, Duration)] = &[
+        ("loop", &["--fuel", "5000000"], 503, Duration::from_secs(2)),
+        (
+            "loop",
+            &["--fuel", "1000000000000000", "--timeout", "500ms"],
+            504,
+            Duration::from_millis(1500),
+        ),
+        ("trap", &[], 500, Duration::from_secs(2)),
+        ("stack", &[], 500, Duration::from_secs(2)),
+        ("oom", &["--memory", "4MiB"], 500, Duration::from_secs(2)),
+        ("badcgi", &[], 502, Duration::from_secs(2)),
+    ];
+    for (fixture, args, status, within) in cases {
+        let mut daemon = Daemon::run(&wat_guest(fixture), &data.0, args, &[]);
+        for round in 0..2 {
+            let reply = curl(&daemon.url("/"), &[]);
+            assert_eq!(
+                reply.status,
+                *status,
+                "{fixture} {args:?} round {round}: {}",
+                daemon.log_text()
+            );
+            assert!(
+                reply.elapsed < *within,
+                "{fixture}: answered after {:?}",
+                reply.elapsed
+            );
+        }
+        assert!(daemon.alive(), "{fixture} took the daemon down");
+    }
+}
+
+#[test]
+fn an_oversized_response_is_cut_off() {
+    let data = TempDir::new("bigresp");
+    let daemon = Daemon::run(
+        &wat_guest("bigresp"),
+        &data.0,
+        &["--response-body", "1MiB"],
+        &[],
+    );
+    let reply = curl(&daemon.url("/"), &[]);
+    assert_ne!(
+        reply.curl_exit, 0,
+        "the transfer must not complete normally"
+    );
+    assert!(
+        reply.body.len() <= 1 << 20,
+        "got {} bytes past the cap",
+        reply.body.len()
+    );
+    let log = daemon.log_text();
+    assert!(log.contains("response_body limit exceeded"), "{log}");
+}
+
+#[test]
+fn a_hundred_hostile_requests_leave_threads_and_memory_bounded() {
+    let data = TempDir::new("soak");
+    let daemon = Daemon::run(
+        &wat_guest("loop"),
+        &data.0,
+        &["--fuel", "1000000000000000", "--timeout", "30ms"],
+        &[],
+    );
+    for _ in 0..10 {
+        assert_eq!(curl(&daemon.url("/"), &[]).status, 504);
+    }
+    let (threads_before, rss_before) = daemon.threads_and_rss();
+    for _ in 0..100 {
+        assert_eq!(curl(&daemon.url("/"), &[]).status, 504);
+    }
+    let (threads_after, rss_after) = daemon.threads_and_rss();
+    assert!(
+        threads_after <= threads_before + 2,
+        "threads grew from {threads_before} to {threads_after}"
+    );
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+}
+
+#[test]
+fn the_guest_sees_no_host_files_environment_or_network() {
+    let data = TempDir::new("probe");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let daemon = Daemon::run(
+        &test_guest("probe"),
+        &data.0,
+        &[],
+        &[("OUTPOST_PROBE_SECRET", "hunter2")],
+    );
+    let reply = curl(&daemon.url(&format!("/?connect=127.0.0.1:{port}")), &[]);
+    assert_eq!(reply.status, 200);
+    let text = reply.text();
+    assert!(text.contains("fs: denied"), "{text}");
+    assert!(text.contains("env: clean"), "{text}");
+    assert!(text.contains("net: denied"), "{text}");
+    assert!(!text.contains("hunter2"));
+    assert!(
+        listener.accept().is_err(),
+        "the guest reached the test's listener"
+    );
+}
+
+#[test]
+fn a_second_start_loads_the_compiled_artifact_from_disk() {
+    let data = TempDir::new("cache");
+    let module = echo_rust();
+    let first = Daemon::run(&module, &data.0, &[], &[]);
+    assert!(
+        first.log_text().contains("source=\"compiled\""),
+        "{}",
+        first.log_text()
+    );
+    drop(first);
+    let second = Daemon::run(&module, &data.0, &[], &[]);
+    let log = second.log_text();
+    assert!(log.contains("source=\"cache\""), "{log}");
+    assert_eq!(
+        curl(&second.url("/x"), &["--data-binary", "ok"]).body,
+        b"ok"
+    );
+}
+
+#[test]
+fn bad_modules_are_refused_at_once_with_the_cause() {
+    let data = TempDir::new("refuse");
+    let hello = std::fs::read(wat_guest("hello")).expect("hello");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "garbage",
+            b"#!/bin/sh\necho not wasm\n".to_vec(),
+            "not a WebAssembly module",
+        ),
+        ("empty", Vec::new(), "empty"),
+        (
+            "truncated",
+            hello[..hello.len() / 2].to_vec(),
+            "malformed or truncated",
+        ),
+        (
+            "reactor",
+            std::fs::read(wat_guest("reactor")).expect("reactor"),
+            "not a WASI command",
+        ),
+        (
+            "foreign",
+            std::fs::read(wat_guest("foreign")).expect("foreign"),
+            "`env`.`open_socket`",
+        ),
+    ];
+    for (name, bytes, cause) in cases {
+        let path = data.path(&format!("{name}.wasm"));
+        std::fs::write(&path, &bytes).expect("write");
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .arg("run")
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path("data"))
+            .output()
+            .expect("run outpost");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} was accepted");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{name} took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            stderr.contains(cause),
+            "{name}: {stderr:?} does not name {cause:?}"
+        );
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+}

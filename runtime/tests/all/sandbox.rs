@@ -1,0 +1,176 @@
+//! The sandbox as a library: many apps and hostile guests on one sandbox (one worker pool, one
+//! memory pool), the way a daemon shares it between tenants.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use outpost::error::{Failure, Limit};
+use outpost::sandbox::cgi::CgiRequest;
+use outpost::sandbox::io::GuestInput;
+use outpost::sandbox::{App, Envelope, Limits, Request, Sandbox, SandboxConfig};
+
+use crate::support::*;
+
+struct Harness {
+    sandbox: Arc<Sandbox>,
+    rt: tokio::runtime::Runtime,
+    _data: TempDir,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let data = TempDir::new("sandbox");
+        let mut config = SandboxConfig::new(data.0.clone());
+        config.workers = 2;
+        Self {
+            sandbox: Sandbox::new(config).expect("sandbox"),
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime"),
+            _data: data,
+        }
+    }
+
+    fn load_wat(&self, src: &str) -> Arc<App> {
+        let bytes = wasmer::wat2wasm(src.as_bytes()).expect("wat");
+        Arc::new(self.sandbox.load("t", &bytes, vec![], &[]).expect("load"))
+    }
+
+    fn load_file(&self, path: &std::path::Path) -> Arc<App> {
+        let bytes = std::fs::read(path).expect("read module");
+        Arc::new(self.sandbox.load("t", &bytes, vec![], &[]).expect("load"))
+    }
+
+    /// Run one request; (status, body) or the failure.
+    fn call(
+        &self,
+        app: &Arc<App>,
+        envelope: &Arc<Envelope>,
+        body: &'static [u8],
+    ) -> Result<(u16, Vec<u8>), Failure> {
+        let request = Request {
+            cgi: CgiRequest {
+                method: "POST".into(),
+                path: "/".into(),
+                protocol: "HTTP/1.1".into(),
+                ..CgiRequest::default()
+            },
+            input: GuestInput::fixed(Bytes::from_static(body)),
+        };
+        let (start, outcome) = self.sandbox.dispatch(
+            app.clone(),
+            envelope.clone(),
+            request,
+            self.rt.handle().clone(),
+        );
+        self.rt.block_on(async move {
+            let started = start.await.expect("start")?;
+            let mut bytes = started.first.to_vec();
+            if let Some(mut rest) = started.rest {
+                while let Some(chunk) = rest.recv().await {
+                    bytes.extend_from_slice(&chunk?);
+                }
+            }
+            let _ = outcome.await;
+            Ok((started.head.status.as_u16(), bytes))
+        })
+    }
+}
+
+#[test]
+fn hostile_guests_and_hello_share_one_sandbox() {
+    let h = Harness::new();
+    let limits = Limits {
+        memory: 4 << 20,
+        fuel: 50_000_000,
+        timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let envelope = Arc::new(h.sandbox.envelope(limits));
+    let hello = h.load_file(&wat_guest("hello"));
+    let hostile = [
+        ("loop", Failure::Limit(Limit::Fuel)),
+        ("trap", Failure::Trap(String::new())),
+        ("stack", Failure::StackOverflow),
+        ("oom", Failure::Limit(Limit::Memory)),
+        ("badcgi", Failure::BadResponse(String::new())),
+    ];
+    for (name, expected) in hostile {
+        let app = h.load_file(&wat_guest(name));
+        let got = h.call(&app, &envelope, b"").expect_err(name);
+        assert_eq!(got.kind(), expected.kind(), "{name}: {got}");
+        assert_eq!(
+            h.call(&hello, &envelope, b"").expect("hello after"),
+            (200, b"hello\n".to_vec())
+        );
+    }
+    // With fuel to spare, the deadline stops the loop and frees the worker.
+    let endless = Arc::new(h.sandbox.envelope(Limits {
+        fuel: u64::MAX / 2,
+        timeout: Duration::from_millis(200),
+        ..Limits::default()
+    }));
+    let looping = h.load_file(&wat_guest("loop"));
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        assert_eq!(
+            h.call(&looping, &endless, b"").expect_err("deadline"),
+            Failure::Limit(Limit::Time)
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        h.call(&hello, &envelope, b"").expect("hello"),
+        (200, b"hello\n".to_vec())
+    );
+}
+
+/// A recycled linear memory must read back zero: what one request (or tenant) wrote is never
+/// seen by the next.
+#[test]
+fn recycled_memory_is_clean_for_the_next_request() {
+    let h = Harness::new();
+    let envelope = Arc::new(h.sandbox.envelope(Limits::default()));
+    let app = h.load_wat(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 4)
+          (data (i32.const 16) "\n\nclean\n\n\ndirty\n")
+          (func (export "_start")
+            (local $i i32)
+            (i32.store (i32.const 0) (i32.const 16))
+            (if (i32.or (i32.load8_u (i32.const 70000)) (i32.load8_u (i32.const 200000)))
+              (then (i32.store (i32.const 0) (i32.const 24))))
+            (i32.store (i32.const 4) (i32.const 8))
+            (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+            (i32.store8 (i32.const 70000) (i32.const 171))
+            (i32.store8 (i32.const 200000) (i32.const 171))
+            (drop (memory.grow (i32.const 2)))
+            (i32.store8 (i32.const 300000) (i32.const 171))))"#,
+    );
+    for round in 0..5 {
+        let (status, body) = h.call(&app, &envelope, b"").expect("call");
+        assert_eq!(status, 200);
+        assert_eq!(String::from_utf8_lossy(&body), "clean\n", "round {round}");
+    }
+    assert!(
+        h.sandbox.idle_memories() >= 1,
+        "memories are recycled through the pool"
+    );
+}
+
+#[test]
+fn a_rust_std_guest_runs_with_its_body_on_stdin() {
+    let h = Harness::new();
+    let envelope = Arc::new(h.sandbox.envelope(Limits::default()));
+    let echo = h.load_file(&echo_rust());
+    let (status, body) = h.call(&echo, &envelope, b"ping").expect("echo");
+    assert_eq!((status, body.as_slice()), (200, &b"ping"[..]));
+}

@@ -1,0 +1,296 @@
+//! Test support: guests built from source, the real `outpost` binary started on loopback, and
+//! curl as the client. Nothing here is skipped when a tool is missing: it fails, naming it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Scratch space for one test, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir =
+            std::env::temp_dir().join(format!("outpost-test-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn guest_out_dir() -> PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+        .join("guests");
+    std::fs::create_dir_all(&dir).expect("guest dir");
+    dir
+}
+
+fn run_tool(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "{what}: cannot start {:?}: {e} (scripts/test installs it)",
+            cmd.get_program()
+        )
+    });
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Build a Rust guest crate for wasm32-wasip1 (once per test run) and return the module path.
+pub fn rust_guest(crate_dir: &str, bin: &str) -> PathBuf {
+    let _one = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let target_dir = guest_out_dir().join("rust");
+    let wasm = target_dir
+        .join("wasm32-wasip1/release")
+        .join(format!("{bin}.wasm"));
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|c| c == crate_dir) {
+        run_tool(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "build",
+                    "--release",
+                    "--quiet",
+                    "--target",
+                    "wasm32-wasip1",
+                    "--manifest-path",
+                ])
+                .arg(repo_root().join(crate_dir).join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS"),
+            &format!("building Rust guest {crate_dir}"),
+        );
+        built.push(crate_dir.to_string());
+    }
+    assert!(wasm.exists(), "{} was not produced", wasm.display());
+    wasm
+}
+
+/// Build the C example with clang and wasi-libc.
+pub fn c_guest() -> PathBuf {
+    static C: OnceLock<PathBuf> = OnceLock::new();
+    C.get_or_init(|| {
+        let out = guest_out_dir().join("hello-c.wasm");
+        run_tool(
+            Command::new("clang")
+                .args(["--target=wasm32-wasi", "-O2", "-o"])
+                .arg(&out)
+                .arg(repo_root().join("examples/hello-c/hello.c")),
+            "building the C guest",
+        );
+        out
+    })
+    .clone()
+}
+
+/// A WAT fixture from tests/guests/wat, assembled to a module file.
+pub fn wat_guest(name: &str) -> PathBuf {
+    let src = repo_root()
+        .join("runtime/tests/guests/wat")
+        .join(format!("{name}.wat"));
+    let text = std::fs::read_to_string(&src).expect("read wat");
+    let bytes = wasmer::wat2wasm(text.as_bytes()).expect("assemble wat");
+    let out = guest_out_dir().join(format!("{name}.wasm"));
+    std::fs::write(&out, &*bytes).expect("write wasm");
+    out
+}
+
+pub fn hello_rust() -> PathBuf {
+    rust_guest("examples/hello-rust", "hello")
+}
+
+pub fn echo_rust() -> PathBuf {
+    rust_guest("examples/echo-rust", "echo")
+}
+
+pub fn test_guest(bin: &str) -> PathBuf {
+    rust_guest("runtime/tests/guests/rust", bin)
+}
+
+/// A running `outpost` process, killed on drop; its stderr lines are collected.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// `outpost run MODULE --listen 127.0.0.1:0 ARGS...`, waiting until it listens.
+    pub fn run(module: &Path, data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        cmd.arg("run")
+            .arg(module)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start outpost");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "outpost did not start listening:\n{}",
+                    log.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+                );
+            }
+        };
+        Self { child, addr, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// (threads, resident KiB) from /proc.
+    pub fn threads_and_rss(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .expect("proc field")
+        };
+        (field("Threads:"), field("VmRSS:"))
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What curl got.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub curl_exit: i32,
+    pub elapsed: Duration,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Run curl with extra arguments against `url`; headers and body captured separately.
+pub fn curl(url: &str, extra: &[&str]) -> Reply {
+    let dir = TempDir::new("curl");
+    let (head, body) = (dir.path("head"), dir.path("body"));
+    let started = Instant::now();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "60", "-D"])
+        .arg(&head)
+        .arg("-o")
+        .arg(&body)
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl must be installed (scripts/test installs it)");
+    let elapsed = started.elapsed();
+    let head_text = std::fs::read_to_string(&head).unwrap_or_default();
+    // With redirects or 100-continue there may be several blocks: the last one counts.
+    let block = head_text
+        .split("\r\n\r\n")
+        .filter(|b| !b.trim().is_empty())
+        .last()
+        .unwrap_or("");
+    let mut lines = block.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: std::fs::read(&body).unwrap_or_default(),
+        curl_exit: out.status.code().unwrap_or(-1),
+        elapsed,
+    }
+}
