@@ -90,10 +90,11 @@ pub fn check_module(bytes: &[u8], max_size: usize) -> Result<ModuleShape, CheckE
     let mut saw_end = false;
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(malformed)? {
-            Payload::Version { encoding, .. } => {
-                if encoding == wasmer::wasmparser::Encoding::Component {
-                    return Err(CheckError::Component);
-                }
+            Payload::Version {
+                encoding: wasmer::wasmparser::Encoding::Component,
+                ..
+            } => {
+                return Err(CheckError::Component);
             }
             Payload::TypeSection(reader) => {
                 for ty in reader.into_iter_err_on_gc_types() {

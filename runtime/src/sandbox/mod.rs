@@ -286,7 +286,7 @@ impl Sandbox {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let digest = hex::encode(Sha256::digest(bytes));
-        let (module, source) = match self.from_cache(&digest) {
+        let (module, source) = match self.load_cached(&digest) {
             Some(module) => (module, LoadSource::Cache),
             None => (self.compile(bytes, &digest)?, LoadSource::Compiled),
         };
@@ -307,7 +307,7 @@ impl Sandbox {
         })
     }
 
-    fn from_cache(&self, digest: &str) -> Option<Module> {
+    fn load_cached(&self, digest: &str) -> Option<Module> {
         let artifact = self.cache.get(digest)?;
         // SAFETY: the bytes come from outpost's own artifact cache: written by `compile` below
         // for this exact module digest and engine fingerprint, and checksummed on read, so
