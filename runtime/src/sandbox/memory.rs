@@ -36,8 +36,9 @@ fn reservation_bytes() -> usize {
     MemoryStyle::static_bound().bytes().0 + MemoryStyle::static_offset_guard_size() as usize
 }
 
-/// One reserved address range, with `accessible` bytes at its start readable and writable and
-/// guaranteed to read as zero when the slot is idle.
+/// One reserved address range, with `accessible` bytes at its start readable and writable.
+/// Invariant: every byte outside the range in use by a live memory is zero (an idle slot is
+/// scrubbed before it is pooled), so growing into resident pages never exposes old data.
 #[derive(Debug)]
 struct Slot {
     base: NonNull<u8>,
@@ -97,10 +98,8 @@ impl Slot {
                 std::io::Error::last_os_error()
             )));
         }
-        if prot == libc::PROT_NONE {
-            // Pages leaving the accessible range must not keep data for the next tenant.
-            self.discard(start, len);
-        }
+        // Shrinking happens only to an idle, scrubbed slot, so the pages leaving the accessible
+        // range are already zero: they stay resident, ready for the next larger memory.
         self.accessible = bytes;
         Ok(())
     }

@@ -20,6 +20,8 @@ struct Armed {
 struct Timers {
     next_id: u64,
     armed: BTreeMap<(Instant, u64), Armed>,
+    /// What the timer thread sleeps towards (`None`: until notified).
+    sleeping_until: Option<Instant>,
 }
 
 #[derive(Clone)]
@@ -30,7 +32,7 @@ pub struct Watchdog {
 /// Disarms its timer when dropped; says whether the deadline fired.
 pub struct Guard {
     shared: Arc<(Mutex<Timers>, Condvar)>,
-    id: u64,
+    key: (Instant, u64),
     fired: Arc<AtomicBool>,
 }
 
@@ -43,7 +45,11 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Ok(mut timers) = self.shared.0.lock() {
-            timers.armed.retain(|(_, id), _| *id != self.id);
+            if timers.armed.remove(&self.key).is_none() {
+                // It fired and was re-armed for a retry under a later instant.
+                let id = self.key.1;
+                timers.armed.retain(|(_, other), _| *other != id);
+            }
         }
     }
 }
@@ -65,6 +71,9 @@ impl Watchdog {
         if let Ok(mut timers) = lock.lock() {
             timers.next_id += 1;
             id = timers.next_id;
+            // Waking the timer thread costs a context switch; it is needed only when this
+            // deadline comes before the instant it already sleeps towards.
+            let earliest = timers.sleeping_until;
             timers.armed.insert(
                 (deadline, id),
                 Armed {
@@ -72,11 +81,13 @@ impl Watchdog {
                     fired: fired.clone(),
                 },
             );
-            wake.notify_one();
+            if earliest.is_none_or(|e| deadline < e) {
+                wake.notify_one();
+            }
         }
         Guard {
             shared: self.shared.clone(),
-            id,
+            key: (deadline, id),
             fired,
         }
     }
@@ -97,12 +108,14 @@ fn run(shared: &(Mutex<Timers>, Condvar)) {
                 }
             }
             Some((at, _)) => {
+                timers.sleeping_until = Some(at);
                 timers = match wake.wait_timeout(timers, at - now) {
                     Ok((t, _)) => t,
                     Err(_) => return,
                 };
             }
             None => {
+                timers.sleeping_until = None;
                 timers = match wake.wait(timers) {
                     Ok(t) => t,
                     Err(_) => return,

@@ -145,20 +145,25 @@ fn recycled_memory_is_clean_for_the_next_request() {
           (data (i32.const 16) "\n\nclean\n\n\ndirty\n")
           (func (export "_start")
             (local $i i32)
+            (drop (memory.grow (i32.const 2)))
             (i32.store (i32.const 0) (i32.const 16))
-            (if (i32.or (i32.load8_u (i32.const 70000)) (i32.load8_u (i32.const 200000)))
+            (if (i32.or (i32.or (i32.load8_u (i32.const 70000)) (i32.load8_u (i32.const 200000)))
+                        (i32.load8_u (i32.const 300000)))
               (then (i32.store (i32.const 0) (i32.const 24))))
             (i32.store (i32.const 4) (i32.const 8))
             (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
             (i32.store8 (i32.const 70000) (i32.const 171))
             (i32.store8 (i32.const 200000) (i32.const 171))
-            (drop (memory.grow (i32.const 2)))
             (i32.store8 (i32.const 300000) (i32.const 171))))"#,
     );
+    // A small memory between rounds takes the same pooled slot and shrinks it; the next large
+    // one grows back into pages the earlier round dirtied.
+    let small = h.load_file(&wat_guest("hello"));
     for round in 0..5 {
         let (status, body) = h.call(&app, &envelope, b"").expect("call");
         assert_eq!(status, 200);
         assert_eq!(String::from_utf8_lossy(&body), "clean\n", "round {round}");
+        assert_eq!(h.call(&small, &envelope, b"").expect("small").0, 200);
     }
     assert!(
         h.sandbox.idle_memories() >= 1,
