@@ -10,7 +10,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, Criterion};
 use outpost::sandbox::cgi::CgiRequest;
 use outpost::sandbox::io::{GuestInput, GuestOutput};
-use outpost::sandbox::{App, Envelope, Limits, Request, Sandbox, SandboxConfig};
+use outpost::sandbox::{App, Envelope, HostChoice, Limits, Request, Sandbox, SandboxConfig};
 use wasmer::{imports, Instance, Module, Store};
 
 const FLOOR_WAT: &str = r#"(module (memory (export "memory") 1) (func (export "run")))"#;
@@ -21,6 +21,7 @@ struct Fixture {
     envelope: Envelope,
     hello: App,
     rust: App,
+    rust_wasix: App,
     floor_store_engine: wasmer::Engine,
     floor: Module,
     rt: tokio::runtime::Runtime,
@@ -62,9 +63,11 @@ impl Fixture {
         let hello = sandbox
             .load("hello", &hello_bytes, vec![], &[])
             .expect("hello");
-        let rust = sandbox
-            .load("echo", &rust_guest(), vec![], &[])
-            .expect("echo");
+        let echo = rust_guest();
+        let rust = sandbox.load("echo", &echo, vec![], &[]).expect("echo");
+        let rust_wasix = sandbox
+            .load_with("echo", &echo, vec![], &[], HostChoice::Wasix)
+            .expect("echo on wasix");
         let envelope = sandbox.envelope(Limits::default());
         let floor_store_engine = wasmer::Engine::default();
         let floor = Module::new(&floor_store_engine, FLOOR_WAT).expect("floor");
@@ -73,6 +76,7 @@ impl Fixture {
             envelope,
             hello,
             rust,
+            rust_wasix,
             floor_store_engine,
             floor,
             rt: tokio::runtime::Builder::new_current_thread()
@@ -149,15 +153,12 @@ fn side_by_side() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let mut times = [
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    ];
+    let mut times: [Vec<Duration>; 4] = Default::default();
     for _ in 0..200 {
         f.floor_once();
         f.request_once(&f.hello, &empty);
         f.request_once(&f.rust, &kib);
+        f.request_once(&f.rust_wasix, &kib);
     }
     for _ in 0..n {
         let t = Instant::now();
@@ -169,18 +170,25 @@ fn side_by_side() {
         let t = Instant::now();
         f.request_once(&f.rust, &kib);
         times[2].push(t.elapsed());
+        // The wasix host is about ten times slower: sample it every tenth round.
+        if times[2].len().is_multiple_of(10) {
+            let t = Instant::now();
+            f.request_once(&f.rust_wasix, &kib);
+            times[3].push(t.elapsed());
+        }
     }
     for t in &mut times {
         t.sort();
     }
     let floor = percentile(&times[0], 0.5);
-    println!("\nside by side, {n} interleaved runs each (microseconds):");
+    println!("\nside by side, {n} interleaved runs each, wasix every tenth (microseconds):");
     println!("| path | median | p99 | median / floor |");
     println!("|---|---|---|---|");
     for (name, t) in [
         ("floor: raw Store + Instance + call, (memory 1)", &times[0]),
         ("outpost: WAT hello (fd_write)", &times[1]),
         ("outpost: Rust std echo, 1 KiB body", &times[2]),
+        ("outpost wasix host: same echo guest", &times[3]),
     ] {
         let median = percentile(t, 0.5);
         println!(

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::http::handler::{Shared, Target};
 use crate::metrics::Metrics;
-use crate::sandbox::{CompilerKind, Limits, Sandbox, SandboxConfig};
+use crate::sandbox::{CompilerKind, HostChoice, Limits, Sandbox, SandboxConfig};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -48,6 +48,9 @@ pub struct RunArgs {
     /// Compiler: cranelift (optimising) or singlepass (fast compile).
     #[arg(long, default_value = "cranelift", value_parser = compiler)]
     pub compiler: CompilerKind,
+    /// Host for the guest: auto (lean WASI p1 host unless the module needs WASIX), lean, or wasix.
+    #[arg(long, default_value = "auto", value_parser = host)]
+    pub host: HostChoice,
     /// Arguments passed to the guest after its name.
     #[arg(last = true)]
     pub guest_args: Vec<String>,
@@ -66,6 +69,15 @@ fn key_value(s: &str) -> Result<(String, String), String> {
         .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+fn host(s: &str) -> Result<HostChoice, String> {
+    match s {
+        "auto" => Ok(HostChoice::Auto),
+        "lean" => Ok(HostChoice::Lean),
+        "wasix" => Ok(HostChoice::Wasix),
+        _ => Err(format!("{s:?} is not a host; expected auto, lean or wasix")),
+    }
 }
 
 fn compiler(s: &str) -> Result<CompilerKind, String> {
@@ -100,7 +112,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .file_stem()
         .map_or_else(|| "app".to_string(), |s| s.to_string_lossy().into_owned());
     let app = sandbox
-        .load(&name, &bytes, args.guest_args.clone(), &args.env)
+        .load_with(&name, &bytes, args.guest_args.clone(), &args.env, args.host)
         .with_context(|| format!("cannot run {}", args.module.display()))?;
     let metrics = Arc::new(Metrics::new().context("metrics registry")?);
     metrics
@@ -111,6 +123,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         app = %app.name,
         digest = %app.digest,
         source = app.source.label(),
+        host = ?app.host,
         ms = app.load_time.as_millis() as u64,
         fingerprint = sandbox.fingerprint(),
         "module ready"

@@ -11,7 +11,22 @@ use super::wasi::{signature_of, WASI_P1};
 pub enum HostKind {
     /// Every import is a WASI preview 1 call the lean in-process host implements.
     Lean,
+    /// The module needs wasmer-wasix (WASIX calls, threads with an imported memory).
+    Wasix,
 }
+
+/// Which host an app asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostChoice {
+    /// Lean when every import allows it, wasix when the module needs it.
+    #[default]
+    Auto,
+    Lean,
+    Wasix,
+}
+
+/// Import namespaces only the wasix host provides.
+const WASIX_MODULES: &[&str] = &["wasix_32v1", "wasix_64v1", "wasi"];
 
 /// What the admission check learned about an acceptable module.
 #[derive(Debug, Clone)]
@@ -37,8 +52,10 @@ pub enum CheckError {
     Component,
     #[error("not a WASI command: it exports no `_start` function (a reactor or library module?); build it as a binary for wasm32-wasip1")]
     NoStart,
-    #[error("imports `{module}`.`{name}`, which outpost does not provide (guests may import only wasi_snapshot_preview1 functions)")]
+    #[error("imports `{module}`.`{name}`, which outpost does not provide (guests may import only wasi_snapshot_preview1 functions, or WASIX ones on the wasix host)")]
     ForeignImport { module: String, name: String },
+    #[error("imports `{module}`.`{name}`, which only the wasix host provides, but the app asks for the lean host")]
+    NeedsWasix { module: String, name: String },
     #[error(
         "imports `{module}`.`{name}` with signature {found}, but outpost provides it as {expected}"
     )]
@@ -70,7 +87,11 @@ fn sig_string(params: &[ValType], results: &[ValType]) -> String {
 
 /// Check a module's bytes. Cheap: it reads section headers, the type and import sections and
 /// the export names; function bodies are left to the compiler's validation.
-pub fn check_module(bytes: &[u8], max_size: usize) -> Result<ModuleShape, CheckError> {
+pub fn check_module(
+    bytes: &[u8],
+    max_size: usize,
+    choice: HostChoice,
+) -> Result<ModuleShape, CheckError> {
     if bytes.is_empty() {
         return Err(CheckError::Empty);
     }
@@ -88,6 +109,7 @@ pub fn check_module(bytes: &[u8], max_size: usize) -> Result<ModuleShape, CheckE
     let mut imports = Vec::new();
     let mut has_start = false;
     let mut saw_end = false;
+    let mut needs_wasix: Option<(String, String)> = None;
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(malformed)? {
             Payload::Version {
@@ -108,6 +130,11 @@ pub fn check_module(bytes: &[u8], max_size: usize) -> Result<ModuleShape, CheckE
                     let (module, name) = (import.module.to_string(), import.name.to_string());
                     let type_index = match import.ty {
                         TypeRef::Func(i) | TypeRef::FuncExact(i) => i,
+                        // wasi-threads modules import their shared memory.
+                        TypeRef::Memory(_) if module == "env" && name == "memory" => {
+                            needs_wasix.get_or_insert((module, name));
+                            continue;
+                        }
                         TypeRef::Memory(_) => {
                             return Err(CheckError::NonFunctionImport {
                                 kind: "memory",
@@ -137,11 +164,17 @@ pub fn check_module(bytes: &[u8], max_size: usize) -> Result<ModuleShape, CheckE
                             })
                         }
                     };
+                    if WASIX_MODULES.contains(&module.as_str()) {
+                        // wasix checks these itself when it links the instance.
+                        needs_wasix.get_or_insert((module, name));
+                        continue;
+                    }
                     if module != WASI_MODULE {
                         return Err(CheckError::ForeignImport { module, name });
                     }
                     let Some((want_params, want_results)) = signature_of(&name) else {
-                        return Err(CheckError::ForeignImport { module, name });
+                        needs_wasix.get_or_insert((module, name));
+                        continue;
                     };
                     let (params, results) = types.get(type_index as usize).ok_or_else(|| {
                         CheckError::Malformed(format!(
@@ -182,10 +215,14 @@ pub fn check_module(bytes: &[u8], max_size: usize) -> Result<ModuleShape, CheckE
         return Err(CheckError::NoStart);
     }
     debug_assert!(imports.iter().all(|n| WASI_P1.iter().any(|f| f.0 == n)));
-    Ok(ModuleShape {
-        host: HostKind::Lean,
-        imports,
-    })
+    let host = match (choice, needs_wasix) {
+        (HostChoice::Lean, Some((module, name))) => {
+            return Err(CheckError::NeedsWasix { module, name })
+        }
+        (HostChoice::Lean, None) | (HostChoice::Auto, None) => HostKind::Lean,
+        (HostChoice::Wasix, _) | (HostChoice::Auto, Some(_)) => HostKind::Wasix,
+    };
+    Ok(ModuleShape { host, imports })
 }
 
 #[cfg(test)]
@@ -198,19 +235,22 @@ mod tests {
 
     #[test]
     fn refuses_each_bad_shape_with_its_cause() {
-        assert_eq!(check_module(b"", 1 << 20).unwrap_err(), CheckError::Empty);
         assert_eq!(
-            check_module(b"hello world, not wasm", 1 << 20).unwrap_err(),
+            check_module(b"", 1 << 20, HostChoice::Auto).unwrap_err(),
+            CheckError::Empty
+        );
+        assert_eq!(
+            check_module(b"hello world, not wasm", 1 << 20, HostChoice::Auto).unwrap_err(),
             CheckError::NotWasm
         );
         let good = wat(r#"(module (func (export "_start")))"#);
-        assert!(check_module(&good, 1 << 20).is_ok());
+        assert!(check_module(&good, 1 << 20, HostChoice::Auto).is_ok());
         assert!(matches!(
-            check_module(&good[..good.len() - 3], 1 << 20).unwrap_err(),
+            check_module(&good[..good.len() - 3], 1 << 20, HostChoice::Auto).unwrap_err(),
             CheckError::Malformed(_)
         ));
         assert_eq!(
-            check_module(&good, 4).unwrap_err(),
+            check_module(&good, 4, HostChoice::Auto).unwrap_err(),
             CheckError::TooLarge {
                 size: good.len(),
                 cap: 4
@@ -218,23 +258,42 @@ mod tests {
         );
         let reactor = wat(r#"(module (func (export "_initialize")))"#);
         assert_eq!(
-            check_module(&reactor, 1 << 20).unwrap_err(),
+            check_module(&reactor, 1 << 20, HostChoice::Auto).unwrap_err(),
             CheckError::NoStart
         );
         let foreign = wat(
             r#"(module (import "env" "open_socket" (func (param i32) (result i32))) (func (export "_start")))"#,
         );
         assert_eq!(
-            check_module(&foreign, 1 << 20).unwrap_err(),
+            check_module(&foreign, 1 << 20, HostChoice::Auto).unwrap_err(),
             CheckError::ForeignImport {
                 module: "env".into(),
                 name: "open_socket".into()
             }
         );
+        let wasix = wat(
+            r#"(module (import "wasix_32v1" "getcwd" (func (param i32 i32) (result i32))) (memory (export "memory") 1) (func (export "_start")))"#,
+        );
+        assert_eq!(
+            check_module(&wasix, 1 << 20, HostChoice::Auto)
+                .expect("wasix")
+                .host,
+            HostKind::Wasix
+        );
+        assert!(matches!(
+            check_module(&wasix, 1 << 20, HostChoice::Lean).unwrap_err(),
+            CheckError::NeedsWasix { .. }
+        ));
+        assert_eq!(
+            check_module(&good, 1 << 20, HostChoice::Wasix)
+                .expect("forced")
+                .host,
+            HostKind::Wasix
+        );
         let wrong = wat(
             r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32) (result i32))) (func (export "_start")))"#,
         );
-        let err = check_module(&wrong, 1 << 20).unwrap_err();
+        let err = check_module(&wrong, 1 << 20, HostChoice::Auto).unwrap_err();
         assert!(err.to_string().contains("fd_write"), "{err}");
     }
 }

@@ -151,6 +151,7 @@ pub struct GuestOutput {
     pending_since: Option<Instant>,
     body_bytes: u64,
     body_cap: u64,
+    never_wait: bool,
 }
 
 impl GuestOutput {
@@ -164,6 +165,7 @@ impl GuestOutput {
             pending_since: None,
             body_bytes: 0,
             body_cap,
+            never_wait: false,
         };
         (out, start_rx)
     }
@@ -243,6 +245,9 @@ impl GuestOutput {
                 if self.pending.is_empty() {
                     return Ok(());
                 }
+                if self.never_wait {
+                    return self.try_flush();
+                }
                 let chunk = self.take_pending();
                 self.send_chunk(Ok(chunk), handle, deadline)
             }
@@ -251,6 +256,29 @@ impl GuestOutput {
                 Ok(())
             }
         }
+    }
+
+    /// Send pending output only if the channel has room; otherwise keep accumulating it
+    /// (bounded by the response cap) for a later write or the guest's end.
+    fn try_flush(&mut self) -> Result<(), HostStop> {
+        let Some(tx) = self.body_tx.as_ref() else {
+            return Ok(());
+        };
+        match tx.try_reserve() {
+            Ok(permit) => {
+                permit.send(Ok(self.pending.split().freeze()));
+                self.pending_since = None;
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(())) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(Failure::ClientGone.into()),
+        }
+    }
+
+    /// Never wait for the client inside `write`: for hosts that call in from their own
+    /// executor (wasmer-wasix), where blocking on the async runtime is not allowed.
+    pub fn set_never_wait(&mut self, never_wait: bool) {
+        self.never_wait = never_wait;
     }
 
     fn take_pending(&mut self) -> Bytes {
@@ -292,6 +320,8 @@ impl GuestOutput {
 
     /// The guest ended normally: complete the response, or say why it is not one.
     pub fn finish(&mut self, handle: &Handle, deadline: Instant) -> Result<(), Failure> {
+        // The guest is gone: the rest may wait for the client, up to the deadline.
+        self.never_wait = false;
         match std::mem::replace(&mut self.state, OutState::Closed) {
             OutState::Head(buf) => Err(Failure::BadResponse(if buf.is_empty() {
                 "the app wrote nothing to stdout".into()

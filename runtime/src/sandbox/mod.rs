@@ -11,6 +11,7 @@ pub mod io;
 pub mod memory;
 pub mod metering;
 pub mod wasi;
+mod wasix;
 mod watchdog;
 mod workers;
 
@@ -31,6 +32,7 @@ use crate::error::{Failure, Limit};
 use cache::ArtifactCache;
 use cgi::{CgiRequest, EnvBlock};
 use check::{check_module, CheckError};
+pub use check::{HostChoice, HostKind};
 use io::{GuestInput, GuestOutput, HostStop, Started, StderrBuf};
 use memory::{CappedTunables, MemoryPool};
 use metering::FuelMetering;
@@ -136,9 +138,14 @@ pub struct App {
     pub digest: String,
     pub source: LoadSource,
     pub load_time: Duration,
+    /// Which host runs it.
+    pub host: HostKind,
     module: Module,
     link: Vec<Constructor>,
+    /// argv (the app's name, then its arguments), for the lean host.
     args: Arc<EnvBlock>,
+    /// The arguments after the name, for the wasix host.
+    guest_args: Vec<String>,
     env: EnvBlock,
 }
 
@@ -177,6 +184,7 @@ pub struct Sandbox {
     compile_lock: Mutex<()>,
     workers: workers::Workers,
     watchdog: watchdog::Watchdog,
+    wasix: wasix::WasixHost,
     config: SandboxConfig,
 }
 
@@ -244,6 +252,7 @@ impl Sandbox {
             compile_lock: Mutex::new(()),
             workers,
             watchdog: watchdog::Watchdog::start()?,
+            wasix: wasix::WasixHost::default(),
             config,
         }))
     }
@@ -263,7 +272,8 @@ impl Sandbox {
         Envelope { engine, limits }
     }
 
-    /// Check, then compile or load from the artifact cache. Runs on the caller's thread.
+    /// Check, then compile or load from the artifact cache, on the host the module needs.
+    /// Runs on the caller's thread.
     pub fn load(
         &self,
         name: &str,
@@ -271,10 +281,24 @@ impl Sandbox {
         args: Vec<String>,
         env: &[(String, String)],
     ) -> Result<App, LoadError> {
+        self.load_with(name, bytes, args, env, HostChoice::Auto)
+    }
+
+    pub fn load_with(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        args: Vec<String>,
+        env: &[(String, String)],
+        host: HostChoice,
+    ) -> Result<App, LoadError> {
         let started = Instant::now();
-        let shape = check_module(bytes, self.config.max_module_bytes)?;
-        let link = shape
-            .imports
+        let shape = check_module(bytes, self.config.max_module_bytes, host)?;
+        let lean_imports = match shape.host {
+            HostKind::Lean => shape.imports.as_slice(),
+            HostKind::Wasix => &[],
+        };
+        let link = lean_imports
             .iter()
             .map(|name| {
                 wasi::constructor(name).ok_or_else(|| {
@@ -294,15 +318,17 @@ impl Sandbox {
         for (k, v) in env {
             app_env.push(k, v.as_bytes());
         }
-        let argv = std::iter::once(name.to_string()).chain(args);
+        let argv = std::iter::once(name.to_string()).chain(args.iter().cloned());
         Ok(App {
             name: name.to_string(),
             digest,
             source,
             load_time: started.elapsed(),
+            host: shape.host,
             module,
             link,
             args: Arc::new(block_of(argv)),
+            guest_args: args,
             env: app_env,
         })
     }
@@ -393,19 +419,39 @@ impl Sandbox {
         handle: Handle,
         queued: Instant,
     ) -> Outcome {
-        let limits = &envelope.limits;
         let started = Instant::now();
-        let deadline = queued + limits.timeout;
+        let deadline = queued + envelope.limits.timeout;
         let env = cgi::request_env(&request.cgi, &app.env);
-        let mut store = Store::new(envelope.engine.clone());
+        let run = Run {
+            started,
+            deadline,
+            handle: &handle,
+            envelope,
+        };
+        match app.host {
+            HostKind::Lean => self.run_lean(app, run, env, request.input, output),
+            HostKind::Wasix => self.run_wasix(app, run, env, request.input, output),
+        }
+    }
+
+    fn run_lean(
+        &self,
+        app: &App,
+        run: Run<'_>,
+        env: EnvBlock,
+        input: GuestInput,
+        output: GuestOutput,
+    ) -> Outcome {
+        let limits = &run.envelope.limits;
+        let mut store = Store::new(run.envelope.engine.clone());
         let state = HostState::new(
             app.args.clone(),
             env,
-            request.input,
+            input,
             output,
             StderrBuf::new(limits.stderr),
-            deadline,
-            handle.clone(),
+            run.deadline,
+            run.handle.clone(),
         );
         let func_env = FunctionEnv::new(&mut store, state);
         let externs: Vec<Extern> = app
@@ -417,67 +463,133 @@ impl Sandbox {
         let instance = match Instance::new_by_index(&mut store, &app.module, &externs) {
             Ok(instance) => instance,
             Err(e) => {
-                let failure = instantiation_failure(e);
+                let failure = instantiation_failure(&e.to_string(), e);
                 func_env.as_mut(&mut store).output.fail(failure.clone());
-                return Outcome {
-                    failure: Some(failure),
-                    exit_code: None,
-                    fuel_used: 0,
-                    memory_peak: 0,
-                    instantiate: started.elapsed(),
-                    total: started.elapsed(),
-                    stderr: StderrBuf::new(0),
-                };
+                return run.failed_early(failure);
             }
         };
         let memory = instance.exports.get_memory("memory").ok().cloned();
-        {
-            let state = func_env.as_mut(&mut store);
-            state.memory = memory.clone();
-        }
-        metering::set_fuel(&mut store, &instance, limits.fuel);
-        let instantiate = started.elapsed();
+        func_env.as_mut(&mut store).memory = memory.clone();
+        let (result, ran) = self.call_start(&mut store, &instance, &run);
+        let memory_peak = memory.as_ref().map_or(0, |m| m.view(&store).data_size());
+        let state = func_env.as_mut(&mut store);
+        let failure = settle(&mut state.output, ran.failure, &run);
+        let stderr = std::mem::take(&mut state.stderr);
+        drop(store);
+        run.outcome(
+            failure,
+            result.exit_code,
+            ran.fuel_used,
+            memory_peak,
+            ran.instantiate,
+            stderr,
+        )
+    }
 
-        let guard = self.watchdog.arm(deadline, store.interrupter());
+    fn run_wasix(
+        &self,
+        app: &App,
+        run: Run<'_>,
+        env: EnvBlock,
+        mut input: GuestInput,
+        mut output: GuestOutput,
+    ) -> Outcome {
+        let limits = &run.envelope.limits;
+        let body = match wasix::read_body(&mut input, run.handle, run.deadline) {
+            Ok(body) => body,
+            Err(failure) => {
+                output.fail(failure.clone());
+                return run.failed_early(failure);
+            }
+        };
+        let prepared = wasix::prepare(
+            &self.wasix,
+            &app.name,
+            &app.guest_args,
+            &env,
+            body,
+            wasix::Stdio::new(
+                output,
+                StderrBuf::new(limits.stderr),
+                run.handle,
+                run.deadline,
+            ),
+        );
+        let mut store = Store::new(run.envelope.engine.clone());
+        memory::take_grow_denied();
+        let instantiated = prepared.builder.instantiate(app.module.clone(), &mut store);
+        let (instance, wasi_env) = match instantiated {
+            Ok(pair) => pair,
+            Err(e) => {
+                let failure = instantiation_failure(&e.to_string(), e);
+                if let Ok(mut stdio) = prepared.stdio.lock() {
+                    stdio.output.fail(failure.clone());
+                }
+                return run.failed_early(failure);
+            }
+        };
+        let (result, ran) = self.call_start(&mut store, &instance, &run);
+        wasi_env.on_exit(&mut store, None);
+        let memory_peak = instance
+            .exports
+            .get_memory("memory")
+            .map_or(0, |m| m.view(&store).data_size());
+        drop(store);
+        let Ok(mut stdio) = prepared.stdio.lock() else {
+            return run.failed_early(Failure::Internal("stdio lock poisoned".into()));
+        };
+        let stdio = &mut *stdio;
+        let failure = stdio.failure.take().or(ran.failure);
+        let failure = settle(&mut stdio.output, failure, &run);
+        let stderr = std::mem::take(&mut stdio.stderr);
+        run.outcome(
+            failure,
+            result.exit_code,
+            ran.fuel_used,
+            memory_peak,
+            ran.instantiate,
+            stderr,
+        )
+    }
+
+    /// Give the instance its fuel, run `_start` under the watchdog, and say what happened.
+    fn call_start(&self, store: &mut Store, instance: &Instance, run: &Run<'_>) -> (Exit, Ran) {
+        let fuel = run.envelope.limits.fuel;
+        metering::set_fuel(store, instance, fuel);
+        let instantiate = run.started.elapsed();
+        let guard = self.watchdog.arm(run.deadline, store.interrupter());
         let result = match instance.exports.get_function("_start") {
-            Ok(start) => start.call(&mut store, &[]).map(|_| ()),
+            Ok(start) => start.call(store, &[]).map(|_| ()),
             Err(e) => Err(RuntimeError::new(e.to_string())),
         };
         let timed_out = guard.fired();
         drop(guard);
         let grow_denied = memory::take_grow_denied();
-        let (fuel_left, fuel_exhausted) = metering::fuel_left(&mut store, &instance);
-
-        let mut exit_code = None;
+        let (fuel_left, fuel_exhausted) = metering::fuel_left(store, instance);
+        let mut exit = Exit { exit_code: None };
         let failure = match result {
             Ok(()) => None,
             Err(e) => match e.downcast_ref::<HostStop>() {
                 Some(HostStop::Exit(code)) => {
-                    exit_code = Some(*code);
+                    exit.exit_code = Some(*code);
                     None
                 }
                 Some(HostStop::Fail(f)) => Some(f.clone()),
-                None => Some(trap_failure(e, fuel_exhausted, timed_out, grow_denied)),
+                None => match wasix::exit_code(&e) {
+                    Some(code) => {
+                        exit.exit_code = Some(code);
+                        None
+                    }
+                    None => Some(trap_failure(e, fuel_exhausted, timed_out, grow_denied)),
+                },
             },
         };
-        let memory_peak = memory.as_ref().map_or(0, |m| m.view(&store).data_size());
-        let state = func_env.as_mut(&mut store);
-        let failure = failure.or_else(|| state.output.finish(&handle, deadline).err());
-        if let Some(f) = &failure {
-            state.output.fail(f.clone());
-        }
-        let stderr = std::mem::take(&mut state.stderr);
-        let fuel_used = limits.fuel.saturating_sub(fuel_left);
-        drop(store);
-        Outcome {
+        let ran = Ran {
             failure,
-            exit_code,
-            fuel_used,
-            memory_peak,
+            fuel_used: fuel.saturating_sub(fuel_left),
             instantiate,
-            total: started.elapsed(),
-            stderr,
-        }
+        };
+        (exit, ran)
     }
 
     pub fn idle_memories(&self) -> usize {
@@ -485,18 +597,94 @@ impl Sandbox {
     }
 }
 
-fn instantiation_failure(e: InstantiationError) -> Failure {
-    match e {
-        InstantiationError::Link(link) => {
-            let text = link.to_string();
-            if text.contains("memory") {
-                Failure::Limit(Limit::Memory)
-            } else {
-                Failure::Internal(format!("linking the app failed: {text}"))
-            }
+/// The parts of one request every host path shares.
+struct Run<'a> {
+    started: Instant,
+    deadline: Instant,
+    handle: &'a Handle,
+    envelope: &'a Envelope,
+}
+
+struct Exit {
+    exit_code: Option<i32>,
+}
+
+struct Ran {
+    failure: Option<Failure>,
+    fuel_used: u64,
+    instantiate: Duration,
+}
+
+impl Run<'_> {
+    fn failed_early(&self, failure: Failure) -> Outcome {
+        self.outcome(
+            Some(failure),
+            None,
+            0,
+            0,
+            self.started.elapsed(),
+            StderrBuf::new(0),
+        )
+    }
+
+    fn outcome(
+        &self,
+        failure: Option<Failure>,
+        exit_code: Option<i32>,
+        fuel_used: u64,
+        memory_peak: u64,
+        instantiate: Duration,
+        stderr: StderrBuf,
+    ) -> Outcome {
+        Outcome {
+            failure,
+            exit_code,
+            fuel_used,
+            memory_peak,
+            instantiate,
+            total: self.started.elapsed(),
+            stderr,
         }
-        InstantiationError::Start(trap) => trap_failure(trap, false, false, false),
-        other => Failure::Internal(format!("instantiating the app failed: {other}")),
+    }
+}
+
+/// Complete the response, or replace it with the failure.
+fn settle(output: &mut GuestOutput, failure: Option<Failure>, run: &Run<'_>) -> Option<Failure> {
+    let failure = failure.or_else(|| output.finish(run.handle, run.deadline).err());
+    if let Some(f) = &failure {
+        output.fail(f.clone());
+    }
+    failure
+}
+
+fn instantiation_failure<E: Into<InstantiationErrorLike>>(text: &str, e: E) -> Failure {
+    match e.into() {
+        InstantiationErrorLike::Start(trap) => trap_failure(trap, false, false, false),
+        InstantiationErrorLike::Other if text.contains("memory") => Failure::Limit(Limit::Memory),
+        InstantiationErrorLike::Other => {
+            Failure::Internal(format!("instantiating the app failed: {text}"))
+        }
+    }
+}
+
+/// What matters of an instantiation error from either host.
+enum InstantiationErrorLike {
+    Start(RuntimeError),
+    Other,
+}
+
+impl From<InstantiationError> for InstantiationErrorLike {
+    fn from(e: InstantiationError) -> Self {
+        match e {
+            InstantiationError::Start(trap) => Self::Start(trap),
+            _ => Self::Other,
+        }
+    }
+}
+
+impl From<wasmer_wasix::WasiRuntimeError> for InstantiationErrorLike {
+    fn from(_: wasmer_wasix::WasiRuntimeError) -> Self {
+        Self::Other
     }
 }
 

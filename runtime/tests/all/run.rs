@@ -309,3 +309,53 @@ fn bad_modules_are_refused_at_once_with_the_cause() {
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
     }
 }
+
+/// The wasix host behind the same command: same bytes, same isolation, same deadline.
+#[test]
+fn the_wasix_host_serves_isolates_and_stops_guests() {
+    let data = TempDir::new("wasix");
+    let echo = Daemon::run(&echo_rust(), &data.0, &["--host", "wasix"], &[]);
+    assert!(
+        echo.log_text().contains("host=Wasix"),
+        "{}",
+        echo.log_text()
+    );
+    let reply = curl(&echo.url("/w?status=201"), &["--data-binary", "over wasix"]);
+    assert_eq!(
+        (reply.status, reply.body.as_slice()),
+        (201, &b"over wasix"[..])
+    );
+
+    let probe = Daemon::run(
+        &test_guest("probe"),
+        &data.0,
+        &["--host", "wasix"],
+        &[("OUTPOST_PROBE_SECRET", "hunter2")],
+    );
+    let text = curl(&probe.url("/?connect=127.0.0.1:9"), &[]).text();
+    for line in ["fs: denied", "env: clean", "net: denied"] {
+        assert!(text.contains(line), "{line:?} missing in {text}");
+    }
+
+    let mut looping = Daemon::run(
+        &wat_guest("loop"),
+        &data.0,
+        &[
+            "--host",
+            "wasix",
+            "--fuel",
+            "1000000000000000",
+            "--timeout",
+            "500ms",
+        ],
+        &[],
+    );
+    let reply = curl(&looping.url("/"), &[]);
+    assert_eq!(reply.status, 504);
+    assert!(
+        reply.elapsed < Duration::from_millis(1500),
+        "{:?}",
+        reply.elapsed
+    );
+    assert!(looping.alive());
+}

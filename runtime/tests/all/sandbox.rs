@@ -179,3 +179,60 @@ fn a_rust_std_guest_runs_with_its_body_on_stdin() {
     let (status, body) = h.call(&echo, &envelope, b"ping").expect("echo");
     assert_eq!((status, body.as_slice()), (200, &b"ping"[..]));
 }
+
+/// The same guests on both hosts: same bytes out, same failures.
+#[test]
+fn the_lean_and_wasix_hosts_agree_on_the_same_guests() {
+    use outpost::sandbox::{HostChoice, HostKind};
+    let h = Harness::new();
+    let limits = Limits {
+        memory: 4 << 20,
+        fuel: 50_000_000,
+        timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let envelope = Arc::new(h.sandbox.envelope(limits));
+    let guests = [
+        wat_guest("hello"),
+        echo_rust(),
+        c_guest(),
+        test_guest("probe"),
+        wat_guest("loop"),
+        wat_guest("trap"),
+        wat_guest("stack"),
+        wat_guest("oom"),
+        wat_guest("badcgi"),
+    ];
+    for path in guests {
+        let bytes = std::fs::read(&path).expect("module");
+        let on = |choice| {
+            let app = h
+                .sandbox
+                .load_with("g", &bytes, vec![], &[], choice)
+                .expect("load");
+            Arc::new(app)
+        };
+        let (lean, wasix) = (on(HostChoice::Lean), on(HostChoice::Wasix));
+        assert_eq!((lean.host, wasix.host), (HostKind::Lean, HostKind::Wasix));
+        let a = h.call(&lean, &envelope, b"same body");
+        let b = h.call(&wasix, &envelope, b"same body");
+        match (&a, &b) {
+            // Error texts in parentheses (errno names) may differ; the outcome may not.
+            (Ok(x), Ok(y)) => assert_eq!(
+                (x.0, outcome_lines(&x.1)),
+                (y.0, outcome_lines(&y.1)),
+                "{}",
+                path.display()
+            ),
+            (Err(x), Err(y)) => assert_eq!(x.kind(), y.kind(), "{}: {x} vs {y}", path.display()),
+            _ => panic!("{}: lean {a:?} but wasix {b:?}", path.display()),
+        }
+    }
+}
+
+fn outcome_lines(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .lines()
+        .map(|l| l.split(" (").next().unwrap_or("").to_string())
+        .collect()
+}

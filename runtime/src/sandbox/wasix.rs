@@ -1,0 +1,292 @@
+//! The wasmer-wasix host path, for modules that need more than WASI preview 1 (WASIX calls,
+//! threads, a virtual filesystem). Same CGI ABI and limits as the lean host: stdio is wired to
+//! the request and the response, networking is the unsupported implementation, and the
+//! filesystem is wasix's in-memory one; nothing of the host's is mounted.
+//! Slower per request (wasix rebuilds its imports per instance); the lean host stays the default.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
+use tokio::runtime::Handle;
+use wasmer_wasix::runtime::task_manager::tokio::TokioTaskManager;
+use wasmer_wasix::virtual_fs::{self, VirtualFile};
+use wasmer_wasix::{PluggableRuntime, UnsupportedVirtualNetworking, WasiEnv, WasiError};
+
+use super::cgi::EnvBlock;
+use super::io::{GuestInput, GuestOutput, HostStop, StderrBuf};
+use crate::error::Failure;
+
+/// One wasix runtime (task manager, no networking) shared by every wasix request.
+#[derive(Default)]
+pub struct WasixHost {
+    runtime: OnceLock<Arc<PluggableRuntime>>,
+}
+
+impl WasixHost {
+    fn runtime(&self, handle: &Handle) -> Arc<PluggableRuntime> {
+        self.runtime
+            .get_or_init(|| {
+                let tasks = TokioTaskManager::new(handle.clone());
+                let mut runtime = PluggableRuntime::new(Arc::new(tasks));
+                runtime.set_networking_implementation(UnsupportedVirtualNetworking::default());
+                Arc::new(runtime)
+            })
+            .clone()
+    }
+}
+
+/// The request's stdio as wasix sees it.
+pub struct Stdio {
+    pub output: GuestOutput,
+    pub stderr: StderrBuf,
+    /// Set when writing the response failed (bad CGI, the cap, the client gone): the request's
+    /// failure, whatever the guest does after its write returned an error.
+    pub failure: Option<Failure>,
+    handle: Handle,
+    deadline: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// stdout or stderr: writes go into the shared `Stdio`.
+struct StdioFile {
+    stdio: Arc<Mutex<Stdio>>,
+    stream: Stream,
+}
+
+impl std::fmt::Debug for StdioFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StdioFile({:?})", self.stream)
+    }
+}
+
+/// stdin: the request body, read in full before the guest starts.
+#[derive(Debug)]
+struct StdinFile {
+    body: Bytes,
+}
+
+macro_rules! no_seek {
+    ($t:ty) => {
+        impl AsyncSeek for $t {
+            fn start_seek(self: Pin<&mut Self>, _: io::SeekFrom) -> io::Result<()> {
+                Err(io::ErrorKind::Unsupported.into())
+            }
+            fn poll_complete(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<u64>> {
+                Poll::Ready(Ok(0))
+            }
+        }
+    };
+}
+no_seek!(StdioFile);
+no_seek!(StdinFile);
+
+macro_rules! stream_file {
+    ($t:ty, $size:expr) => {
+        impl VirtualFile for $t {
+            fn last_accessed(&self) -> u64 {
+                0
+            }
+            fn last_modified(&self) -> u64 {
+                0
+            }
+            fn created_time(&self) -> u64 {
+                0
+            }
+            fn size(&self) -> u64 {
+                $size(self)
+            }
+            fn set_len(&mut self, _: u64) -> virtual_fs::Result<()> {
+                Err(virtual_fs::FsError::PermissionDenied)
+            }
+            fn unlink(&mut self) -> virtual_fs::Result<()> {
+                Ok(())
+            }
+            fn poll_read_ready(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<io::Result<usize>> {
+                Poll::Ready(Ok($size(&*self) as usize))
+            }
+            fn poll_write_ready(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<io::Result<usize>> {
+                Poll::Ready(Ok(64 * 1024))
+            }
+        }
+    };
+}
+stream_file!(StdioFile, |_: &StdioFile| 0u64);
+stream_file!(StdinFile, |f: &StdinFile| f.body.len() as u64);
+
+impl AsyncWrite for StdioFile {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let Ok(mut stdio) = self.stdio.lock() else {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        };
+        let stdio = &mut *stdio;
+        match self.stream {
+            Stream::Stderr => {
+                stdio.stderr.write(buf);
+                Poll::Ready(Ok(buf.len()))
+            }
+            Stream::Stdout => {
+                if stdio.failure.is_some() {
+                    return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+                }
+                match stdio.output.write(buf, &stdio.handle, stdio.deadline) {
+                    Ok(()) => Poll::Ready(Ok(buf.len())),
+                    Err(HostStop::Fail(failure)) => {
+                        stdio.failure = Some(failure);
+                        Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+                    }
+                    Err(HostStop::Exit(_)) => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                }
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for StdioFile {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for StdinFile {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::ErrorKind::PermissionDenied.into()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for StdinFile {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = buf.remaining().min(self.body.len());
+        let chunk = self.body.split_to(n);
+        buf.put_slice(&chunk);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Read the whole request body (bounded by the body cap upstream) before the guest starts.
+pub fn read_body(
+    input: &mut GuestInput,
+    handle: &Handle,
+    deadline: Instant,
+) -> Result<Bytes, Failure> {
+    let mut body = BytesMut::new();
+    loop {
+        match input.read(64 * 1024, handle, deadline) {
+            Ok(chunk) if chunk.is_empty() => return Ok(body.freeze()),
+            Ok(chunk) => body.extend_from_slice(&chunk),
+            Err(HostStop::Fail(f)) => return Err(f),
+            Err(HostStop::Exit(_)) => return Err(Failure::Internal("reading the body".into())),
+        }
+    }
+}
+
+/// Split an environment block back into pairs.
+fn env_pairs(block: &EnvBlock) -> Vec<(Vec<u8>, Vec<u8>)> {
+    block
+        .bytes
+        .split(|b| *b == 0)
+        .filter_map(|entry| {
+            let eq = entry.iter().position(|b| *b == b'=')?;
+            Some((entry[..eq].to_vec(), entry[eq + 1..].to_vec()))
+        })
+        .collect()
+}
+
+/// Everything wasix needs for one instance.
+pub struct Prepared {
+    pub builder: wasmer_wasix::WasiEnvBuilder,
+    pub stdio: Arc<Mutex<Stdio>>,
+}
+
+impl Stdio {
+    pub fn new(
+        mut output: GuestOutput,
+        stderr: StderrBuf,
+        handle: &Handle,
+        deadline: Instant,
+    ) -> Self {
+        output.set_never_wait(true);
+        Self {
+            output,
+            stderr,
+            failure: None,
+            handle: handle.clone(),
+            deadline,
+        }
+    }
+}
+
+pub fn prepare(
+    host: &WasixHost,
+    name: &str,
+    args: &[String],
+    env: &EnvBlock,
+    body: Bytes,
+    stdio: Stdio,
+) -> Prepared {
+    let handle = stdio.handle.clone();
+    let stdio = Arc::new(Mutex::new(stdio));
+    let builder = WasiEnv::builder(name)
+        .runtime(host.runtime(&handle))
+        .args(args)
+        .envs(env_pairs(env))
+        .stdin(Box::new(StdinFile { body }))
+        .stdout(Box::new(StdioFile {
+            stdio: stdio.clone(),
+            stream: Stream::Stdout,
+        }))
+        .stderr(Box::new(StdioFile {
+            stdio: stdio.clone(),
+            stream: Stream::Stderr,
+        }));
+    Prepared { builder, stdio }
+}
+
+/// The exit code if this error is wasix's `proc_exit`.
+pub fn exit_code(e: &wasmer::RuntimeError) -> Option<i32> {
+    match e.downcast_ref::<WasiError>() {
+        Some(WasiError::Exit(code)) => Some(code.raw()),
+        _ => None,
+    }
+}
