@@ -177,8 +177,17 @@ impl MemoryPool {
         })
     }
 
-    fn take(&self) -> Result<Slot, MemoryError> {
-        let slot = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+    /// An idle slot whose accessible size is closest to `bytes` (resizing a slot costs an
+    /// mprotect and, growing, page faults), or a new reservation.
+    fn take(&self, bytes: usize) -> Result<Slot, MemoryError> {
+        let slot = self.idle.lock().ok().and_then(|mut idle| {
+            let best = idle
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, s)| s.accessible.abs_diff(bytes))
+                .map(|(i, _)| i)?;
+            Some(idle.swap_remove(best))
+        });
         match slot {
             Some(slot) => Ok(slot),
             None => Slot::reserve(),
@@ -354,7 +363,7 @@ impl Tunables for CappedTunables {
             // SAFETY: forwarded from our caller's contract.
             return unsafe { VMMemory::from_definition(&capped, style, vm_definition_location) };
         }
-        let mut slot = self.pool.take()?;
+        let mut slot = self.pool.take(capped.minimum.bytes().0)?;
         slot.set_accessible(capped.minimum.bytes().0)?;
         let mut memory = PooledMemory {
             slot: Some(slot),
@@ -395,7 +404,7 @@ mod tests {
     #[test]
     fn recycled_slot_reads_zero_and_shrinks_access() {
         let pool = MemoryPool::new(2);
-        let mut slot = pool.take().expect("reserve");
+        let mut slot = pool.take(0).expect("reserve");
         slot.set_accessible(4 * WASM_PAGE_SIZE).expect("grow");
         // SAFETY: the first four wasm pages were just made accessible.
         unsafe {
@@ -404,7 +413,7 @@ mod tests {
         let base = slot.base;
         pool.give_back(slot);
         assert_eq!(pool.idle(), 1);
-        let mut again = pool.take().expect("reuse");
+        let mut again = pool.take(WASM_PAGE_SIZE).expect("reuse");
         assert_eq!(again.base, base, "the idle slot is reused");
         // SAFETY: still accessible: 4 pages.
         let bytes = unsafe { std::slice::from_raw_parts(again.base.as_ptr(), 4 * WASM_PAGE_SIZE) };
