@@ -218,7 +218,11 @@ impl<'a> Loader<'a> {
     }
 
     /// Deserialize one section (or array entry); a serde error becomes a diagnostic.
-    fn read<T: for<'de> Deserialize<'de>>(&mut self, value: &Spanned<DeValue<'_>>, section: &str) -> Option<T> {
+    fn read<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        section: &str,
+    ) -> Option<T> {
         let owned = value.clone();
         match T::deserialize(owned.into_deserializer()) {
             Ok(v) => Some(v),
@@ -268,7 +272,10 @@ impl<'a> Loader<'a> {
         match v.get_ref() {
             toml::Value::Integer(n) if *n >= 0 => Some(*n as u64),
             toml::Value::Integer(n) => {
-                self.sink.error(v.span(), format!("{field} = {n} is negative; expected a size such as \"64MiB\""));
+                self.sink.error(
+                    v.span(),
+                    format!("{field} = {n} is negative; expected a size such as \"64MiB\""),
+                );
                 None
             }
             toml::Value::String(s) => match parse_size(s) {
@@ -279,7 +286,13 @@ impl<'a> Loader<'a> {
                 }
             },
             other => {
-                self.sink.error(v.span(), format!("{field} is {}; expected a size such as \"64MiB\" or a number of bytes", a_type(other)));
+                self.sink.error(
+                    v.span(),
+                    format!(
+                        "{field} is {}; expected a size such as \"64MiB\" or a number of bytes",
+                        a_type(other)
+                    ),
+                );
                 None
             }
         }
@@ -311,22 +324,44 @@ impl<'a> Loader<'a> {
         match v.get_ref() {
             toml::Value::Integer(n) if *n >= 0 => Some(*n as u64),
             other => {
-                self.sink.error(v.span(), format!("{field} must be a whole number of at least 1; found {other}"));
+                self.sink.error(
+                    v.span(),
+                    format!("{field} must be a whole number of at least 1; found {other}"),
+                );
                 None
             }
         }
     }
 
     /// Read a limits table onto `base`; report values out of range or over `caps`.
-    fn limits(&mut self, raw: &RawLimits, base: &Limits, caps: Option<&Limits>, what: &str) -> Limits {
+    fn limits(
+        &mut self,
+        raw: &RawLimits,
+        base: &Limits,
+        caps: Option<&Limits>,
+        what: &str,
+    ) -> Limits {
         let mut out = base.clone();
-        let over_cap = |cap: Option<&Limits>, f: &dyn Fn(&Limits) -> u128, v: u128| cap.is_some_and(|c| v > f(c));
+        let over_cap = |cap: Option<&Limits>, f: &dyn Fn(&Limits) -> u128, v: u128| {
+            cap.is_some_and(|c| v > f(c))
+        };
         if let Some(m) = self.size(&raw.memory, "memory") {
             let span = raw.memory.as_ref().map(|v| v.span()).unwrap_or_default();
             if m > 4 << 30 {
-                self.sink.error_help(span, format!("memory {} is above 4GiB, the most a wasm32 guest can address", fmt_size(m)), "use at most \"4GiB\"");
+                self.sink.error_help(
+                    span,
+                    format!(
+                        "memory {} is above 4GiB, the most a wasm32 guest can address",
+                        fmt_size(m)
+                    ),
+                    "use at most \"4GiB\"",
+                );
             } else if m < 65536 {
-                self.sink.error_help(span, format!("memory {} is below one Wasm page (64KiB)", fmt_size(m)), "use at least \"64KiB\"");
+                self.sink.error_help(
+                    span,
+                    format!("memory {} is below one Wasm page (64KiB)", fmt_size(m)),
+                    "use at least \"64KiB\"",
+                );
             } else if over_cap(caps, &|c| c.memory as u128, m as u128) {
                 self.cap_error(span, what, "memory", caps);
             } else {
@@ -336,7 +371,11 @@ impl<'a> Loader<'a> {
         if let Some(f) = self.count(&raw.fuel, "fuel") {
             let span = raw.fuel.as_ref().map(|v| v.span()).unwrap_or_default();
             if f == 0 {
-                self.sink.error_help(span, "fuel = 0 would stop every request before its first instruction", "use a budget such as 1_000_000_000");
+                self.sink.error_help(
+                    span,
+                    "fuel = 0 would stop every request before its first instruction",
+                    "use a budget such as 1_000_000_000",
+                );
             } else if over_cap(caps, &|c| c.fuel as u128, f as u128) {
                 self.cap_error(span, what, "fuel", caps);
             } else {
@@ -346,7 +385,11 @@ impl<'a> Loader<'a> {
         if let Some(t) = self.duration(&raw.timeout, "timeout") {
             let span = raw.timeout.as_ref().map(|v| v.span()).unwrap_or_default();
             if t.is_zero() {
-                self.sink.error_help(span, "timeout = 0 would stop every request at once", "use a duration such as \"10s\"");
+                self.sink.error_help(
+                    span,
+                    "timeout = 0 would stop every request at once",
+                    "use a duration such as \"10s\"",
+                );
             } else if over_cap(caps, &|c| c.timeout.as_millis(), t.as_millis()) {
                 self.cap_error(span, what, "timeout", caps);
             } else {
@@ -354,11 +397,20 @@ impl<'a> Loader<'a> {
             }
         }
         if let Some(c) = self.count(&raw.concurrency, "concurrency") {
-            let span = raw.concurrency.as_ref().map(|v| v.span()).unwrap_or_default();
+            let span = raw
+                .concurrency
+                .as_ref()
+                .map(|v| v.span())
+                .unwrap_or_default();
             if c == 0 {
-                self.sink.error_help(span, "concurrency = 0 would refuse every request", "allow at least 1 request at once");
+                self.sink.error_help(
+                    span,
+                    "concurrency = 0 would refuse every request",
+                    "allow at least 1 request at once",
+                );
             } else if c > 1_000_000 {
-                self.sink.error(span, format!("concurrency {c} is above 1000000"));
+                self.sink
+                    .error(span, format!("concurrency {c} is above 1000000"));
             } else if over_cap(caps, &|l| l.concurrency as u128, c as u128) {
                 self.cap_error(span, what, "concurrency", caps);
             } else {
@@ -371,7 +423,13 @@ impl<'a> Loader<'a> {
         ] {
             if let Some(n) = self.size(raw_v, field) {
                 let span = raw_v.as_ref().map(|v| v.span()).unwrap_or_default();
-                let cap = caps.map(|c| if slot == 0 { c.request_body } else { c.response_body });
+                let cap = caps.map(|c| {
+                    if slot == 0 {
+                        c.request_body
+                    } else {
+                        c.response_body
+                    }
+                });
                 if cap.is_some_and(|c| n > c) {
                     self.cap_error(span, what, field, caps);
                 } else if slot == 0 {
@@ -395,7 +453,10 @@ impl<'a> Loader<'a> {
         });
         self.sink.error_help(
             span,
-            format!("{what}'s {field} is above the node's cap ({})", cap.unwrap_or_default()),
+            format!(
+                "{what}'s {field} is above the node's cap ({})",
+                cap.unwrap_or_default()
+            ),
             format!("lower it, or raise {field} in [caps]"),
         );
     }
@@ -419,7 +480,7 @@ impl<'a> Loader<'a> {
 /// A size as an operator would write it: "256MiB" when exact, else bytes.
 fn fmt_size(n: u64) -> String {
     for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
             return format!("{}{unit}", n >> shift);
         }
     }
@@ -457,7 +518,8 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
     let (doc, syntax) = DeTable::parse_recoverable(text);
     for e in syntax {
         let span = e.span().unwrap_or(0..0);
-        l.sink.error(span, format!("invalid TOML: {}", e.message().trim()));
+        l.sink
+            .error(span, format!("invalid TOML: {}", e.message().trim()));
     }
     let doc = doc.into_inner();
     let mut sections: HashMap<&str, &Spanned<DeValue<'_>>> = HashMap::new();
@@ -471,7 +533,8 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
                 let help = nearest(name, SECTIONS)
                     .map(|s| format!("did you mean `{s}`?"))
                     .unwrap_or_else(|| format!("the sections are: {}", SECTIONS.join(", ")));
-                l.sink.error_help(key.span(), format!("unknown section `{name}`"), help);
+                l.sink
+                    .error_help(key.span(), format!("unknown section `{name}`"), help);
             }
         }
     }
@@ -482,7 +545,10 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
         } else {
             l.sink.error_help(
                 v.span(),
-                format!("`{name}` must be a table, found a {}", v.get_ref().type_str()),
+                format!(
+                    "`{name}` must be a table, found a {}",
+                    v.get_ref().type_str()
+                ),
                 format!("write it as a section: [{name}]"),
             );
             None
@@ -497,7 +563,10 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
             other => {
                 l.sink.error_help(
                     v.span(),
-                    format!("`{name}` must be an array of tables, found a {}", other.type_str()),
+                    format!(
+                        "`{name}` must be an array of tables, found a {}",
+                        other.type_str()
+                    ),
                     format!("write each entry as [[{name}]]"),
                 );
                 Vec::new()
@@ -505,12 +574,24 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
         }
     };
 
-    let raw_node: RawNode = table(&mut l, "node").and_then(|v| l.read(v, "node")).unwrap_or_default();
-    let raw_listen: RawListen = table(&mut l, "listen").and_then(|v| l.read(v, "listen")).unwrap_or_default();
-    let raw_tls: RawTls = table(&mut l, "tls").and_then(|v| l.read(v, "tls")).unwrap_or_default();
-    let raw_limits: RawLimits = table(&mut l, "limits").and_then(|v| l.read(v, "limits")).unwrap_or_default();
-    let raw_caps: RawLimits = table(&mut l, "caps").and_then(|v| l.read(v, "caps")).unwrap_or_default();
-    let raw_registry: RawRegistry = table(&mut l, "registry").and_then(|v| l.read(v, "registry")).unwrap_or_default();
+    let raw_node: RawNode = table(&mut l, "node")
+        .and_then(|v| l.read(v, "node"))
+        .unwrap_or_default();
+    let raw_listen: RawListen = table(&mut l, "listen")
+        .and_then(|v| l.read(v, "listen"))
+        .unwrap_or_default();
+    let raw_tls: RawTls = table(&mut l, "tls")
+        .and_then(|v| l.read(v, "tls"))
+        .unwrap_or_default();
+    let raw_limits: RawLimits = table(&mut l, "limits")
+        .and_then(|v| l.read(v, "limits"))
+        .unwrap_or_default();
+    let raw_caps: RawLimits = table(&mut l, "caps")
+        .and_then(|v| l.read(v, "caps"))
+        .unwrap_or_default();
+    let raw_registry: RawRegistry = table(&mut l, "registry")
+        .and_then(|v| l.read(v, "registry"))
+        .unwrap_or_default();
     let raw_tenants: Vec<(Range<usize>, RawTenant)> = array(&mut l, "tenant")
         .into_iter()
         .filter_map(|v| l.read(v, "tenant").map(|t| (v.span(), t)))
@@ -526,7 +607,9 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
 
     // [node]
     let node = Node {
-        name: raw_node.name.map_or_else(|| "outpost".to_string(), |n| n.into_inner()),
+        name: raw_node
+            .name
+            .map_or_else(|| "outpost".to_string(), |n| n.into_inner()),
         data_dir: raw_node
             .data_dir
             .map_or_else(|| l.path("outpost-data"), |d| l.path(d.get_ref())),
@@ -538,18 +621,26 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
     let http = l.addr(&raw_listen.http, "http");
     let admin = match l.addr(&raw_listen.admin, "admin") {
         Some(a) => Some(a),
-        None if raw_listen.admin.is_none() => Some((SocketAddr::from(([127, 0, 0, 1], 9901)), 0..0)),
+        None if raw_listen.admin.is_none() => {
+            Some((SocketAddr::from(([127, 0, 0, 1], 9901)), 0..0))
+        }
         None => None,
     };
-    let tcp: Vec<(&str, SocketAddr, Range<usize>)> = [("https", &https), ("http", &http), ("admin", &admin)]
-        .into_iter()
-        .filter_map(|(n, a)| a.as_ref().map(|(a, s)| (n, *a, s.clone())))
-        .collect();
+    let tcp: Vec<(&str, SocketAddr, Range<usize>)> =
+        [("https", &https), ("http", &http), ("admin", &admin)]
+            .into_iter()
+            .filter_map(|(n, a)| a.as_ref().map(|(a, s)| (n, *a, s.clone())))
+            .collect();
     for (i, (name_a, a, _)) in tcp.iter().enumerate() {
         for (name_b, b, span_b) in &tcp[i + 1..] {
             let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
-            if a.port() == b.port() && overlap {
-                let span = if span_b.is_empty() { tcp[i].2.clone() } else { span_b.clone() };
+            // Port 0 asks the system for a free port: never a clash.
+            if a.port() == b.port() && a.port() != 0 && overlap {
+                let span = if span_b.is_empty() {
+                    tcp[i].2.clone()
+                } else {
+                    span_b.clone()
+                };
                 l.sink.error_help(
                     span,
                     format!("listeners `{name_a}` and `{name_b}` both use TCP port {}", a.port()),
@@ -566,13 +657,25 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
         self_signed: raw_tls.self_signed.as_ref().is_some_and(|s| *s.get_ref()),
     };
     match (&raw_tls.cert, &raw_tls.key) {
-        (Some(c), None) => l.sink.error_help(c.span(), "[tls] has a cert but no key", "add key = \"PATH\" (PEM private key)"),
-        (None, Some(k)) => l.sink.error_help(k.span(), "[tls] has a key but no cert", "add cert = \"PATH\" (PEM certificate chain)"),
+        (Some(c), None) => l.sink.error_help(
+            c.span(),
+            "[tls] has a cert but no key",
+            "add key = \"PATH\" (PEM private key)",
+        ),
+        (None, Some(k)) => l.sink.error_help(
+            k.span(),
+            "[tls] has a key but no cert",
+            "add cert = \"PATH\" (PEM certificate chain)",
+        ),
         _ => {}
     }
     let needs_tls = https.is_some() || http3.is_some();
     if needs_tls && tls.cert.is_none() && !tls.self_signed {
-        let span = https.as_ref().or(http3.as_ref()).map(|(_, s)| s.clone()).unwrap_or_default();
+        let span = https
+            .as_ref()
+            .or(http3.as_ref())
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default();
         l.sink.error_help(
             span,
             "an https/http3 listener needs a certificate, and [tls] has none",
@@ -586,10 +689,19 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
 
     // [registry]
     let registry = Registry {
-        poll: l.duration(&raw_registry.poll, "poll").unwrap_or(Duration::from_secs(5)),
-        credentials_file: raw_registry.credentials_file.as_ref().map(|p| l.path(p.get_ref())),
+        poll: l
+            .duration(&raw_registry.poll, "poll")
+            .unwrap_or(Duration::from_secs(5)),
+        credentials_file: raw_registry
+            .credentials_file
+            .as_ref()
+            .map(|p| l.path(p.get_ref())),
         credentials_env: raw_registry.credentials_env.map(|e| e.into_inner()),
-        insecure: raw_registry.insecure.into_iter().map(|h| h.into_inner()).collect(),
+        insecure: raw_registry
+            .insecure
+            .into_iter()
+            .map(|h| h.into_inner())
+            .collect(),
     };
 
     // [[tenant]]
@@ -670,12 +782,17 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
             let help = nearest(tenant_name, &tenant_names)
                 .map(|t| format!("did you mean `{t}`?"))
                 .unwrap_or_else(|| "add a [[tenant]] with this name, or fix the name".into());
-            l.sink.error_help(raw.tenant.span(), format!("app `{name}` belongs to unknown tenant `{tenant_name}`"), help);
+            l.sink.error_help(
+                raw.tenant.span(),
+                format!("app `{name}` belongs to unknown tenant `{tenant_name}`"),
+                help,
+            );
         }
         let source = match Source::parse(raw.source.get_ref()) {
             Ok(s) => s,
             Err(e) => {
-                l.sink.error(raw.source.span(), format!("app `{name}` source: {e}"));
+                l.sink
+                    .error(raw.source.span(), format!("app `{name}` source: {e}"));
                 continue;
             }
         };
@@ -729,7 +846,11 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
             let help = nearest(app, &app_names)
                 .map(|a| format!("did you mean `{a}`?"))
                 .unwrap_or_else(|| "add an [[app]] with this name, or fix the name".into());
-            l.sink.error_help(raw.app.span(), format!("route to unknown app `{app}`"), help);
+            l.sink.error_help(
+                raw.app.span(),
+                format!("route to unknown app `{app}`"),
+                help,
+            );
             continue;
         }
         let (Ok(host), Ok(path)) = (host, path) else {
@@ -739,7 +860,10 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
         if let Some(first) = route_seen.get(&key) {
             let first = l.sink.pos(first);
             l.sink
-                .error(entry_span.clone(), format!("a second route for host `{host}` and path `{path}`"))
+                .error(
+                    entry_span.clone(),
+                    format!("a second route for host `{host}` and path `{path}`"),
+                )
                 .notes
                 .push((first, "the first route for it is here".into()));
             continue;

@@ -42,7 +42,11 @@ impl fmt::Display for Diagnostic {
             self.file, self.at.line, self.at.column, self.message
         )?;
         for (at, note) in &self.notes {
-            write!(f, "\n  {}:{}:{}: note: {}", self.file, at.line, at.column, note)?;
+            write!(
+                f,
+                "\n  {}:{}:{}: note: {}",
+                self.file, at.line, at.column, note
+            )?;
         }
         if let Some(help) = &self.help {
             write!(f, "\n  help: {help}")?;
@@ -102,7 +106,12 @@ impl<'a> Sink<'a> {
         &mut self.found[last]
     }
 
-    pub fn error_help(&mut self, span: Range<usize>, message: impl Into<String>, help: impl Into<String>) {
+    pub fn error_help(
+        &mut self,
+        span: Range<usize>,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) {
         self.error(span, message).help = Some(help.into());
     }
 

@@ -16,7 +16,8 @@ impl Name {
     pub fn parse(s: &str) -> Result<Self, String> {
         let ok = !s.is_empty()
             && s.len() <= 63
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !s.starts_with('-')
             && !s.ends_with('-');
         if ok {
@@ -91,10 +92,14 @@ fn valid_tag(tag: &str) -> bool {
 
 fn parse_reference(rest: &str) -> Result<(String, Reference), String> {
     if let Some((repo, digest)) = rest.split_once('@') {
-        let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
-            format!("digest {digest:?} must be sha256:<64 hex digits>")
-        })?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .ok_or_else(|| format!("digest {digest:?} must be sha256:<64 hex digits>"))?;
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(format!(
                 "digest {digest:?} must be sha256: followed by 64 lowercase hex digits"
             ));
@@ -104,9 +109,9 @@ fn parse_reference(rest: &str) -> Result<(String, Reference), String> {
         }
         return Ok((repo.to_string(), Reference::Digest(digest.to_string())));
     }
-    let (repo, tag) = rest.rsplit_once(':').ok_or_else(|| {
-        format!("{rest:?} names no tag or digest; add :TAG or @sha256:<digest>")
-    })?;
+    let (repo, tag) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{rest:?} names no tag or digest; add :TAG or @sha256:<digest>"))?;
     if !valid_repository(repo) {
         return Err(format!(
             "{repo:?} is not a valid repository name (lowercase letters, digits, '.', '_', '-', '/')"
@@ -135,11 +140,13 @@ impl Source {
     pub fn parse(s: &str) -> Result<Self, String> {
         let detail = |e: String| format!("{e}; expected {SOURCE_EXPECTED}");
         if let Some(rest) = s.strip_prefix("oci://") {
-            let (registry, rest) = rest
-                .split_once('/')
-                .ok_or_else(|| detail(format!("{s:?} has no repository after the registry host")))?;
+            let (registry, rest) = rest.split_once('/').ok_or_else(|| {
+                detail(format!("{s:?} has no repository after the registry host"))
+            })?;
             if !valid_registry_host(registry) {
-                return Err(detail(format!("{registry:?} is not a valid registry host[:port]")));
+                return Err(detail(format!(
+                    "{registry:?} is not a valid registry host[:port]"
+                )));
             }
             let (repository, reference) = parse_reference(rest).map_err(detail)?;
             return Ok(Source::Oci {
@@ -161,7 +168,9 @@ impl Source {
             }
             return Ok(Source::File(PathBuf::from(path)));
         }
-        Err(format!("{s:?} is not an app source; expected {SOURCE_EXPECTED}"))
+        Err(format!(
+            "{s:?} is not an app source; expected {SOURCE_EXPECTED}"
+        ))
     }
 
     pub fn is_signed(&self) -> bool {
@@ -184,7 +193,9 @@ fn valid_hostname(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -233,14 +244,19 @@ impl PathPrefix {
     pub fn parse(s: &str) -> Result<Self, String> {
         let ok = s.starts_with('/')
             && s.len() <= 1024
-            && s.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
         if !ok {
             return Err(format!(
                 "{s:?} is not a path prefix; expected a path starting with '/' without spaces, '?' or '#'"
             ));
         }
         let trimmed = s.trim_end_matches('/');
-        Ok(Self(if trimmed.is_empty() { "/".into() } else { trimmed.into() }))
+        Ok(Self(if trimmed.is_empty() {
+            "/".into()
+        } else {
+            trimmed.into()
+        }))
     }
 
     pub fn as_str(&self) -> &str {
@@ -278,7 +294,10 @@ impl fmt::Debug for PublicKey {
 impl PublicKey {
     pub fn parse(s: &str) -> Result<Self, String> {
         let b64 = s.strip_prefix("ed25519:").ok_or_else(|| {
-            format!("{:?} is not a public key; expected ed25519:<base64 of 32 bytes>", truncate(s))
+            format!(
+                "{:?} is not a public key; expected ed25519:<base64 of 32 bytes>",
+                truncate(s)
+            )
         })?;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64)
@@ -316,7 +335,9 @@ impl GuestHost {
             "auto" => Ok(Self::Auto),
             "lean" => Ok(Self::Lean),
             "wasix" => Ok(Self::Wasix),
-            _ => Err(format!("{s:?} is not a guest host; expected \"auto\", \"lean\" or \"wasix\"")),
+            _ => Err(format!(
+                "{s:?} is not a guest host; expected \"auto\", \"lean\" or \"wasix\""
+            )),
         }
     }
 }
@@ -374,10 +395,19 @@ mod tests {
         );
         assert!(matches!(
             Source::parse(&format!("oci://ghcr.io/acme/shop@{digest}")),
-            Ok(Source::Oci { reference: Reference::Digest(_), .. })
+            Ok(Source::Oci {
+                reference: Reference::Digest(_),
+                ..
+            })
         ));
-        assert!(matches!(Source::parse("local:acme/shop:v2"), Ok(Source::Local { .. })));
-        assert!(matches!(Source::parse("file:apps/shop.wasm"), Ok(Source::File(_))));
+        assert!(matches!(
+            Source::parse("local:acme/shop:v2"),
+            Ok(Source::Local { .. })
+        ));
+        assert!(matches!(
+            Source::parse("file:apps/shop.wasm"),
+            Ok(Source::File(_))
+        ));
         for bad in [
             "",
             "http://example.com/a:b",
@@ -401,13 +431,29 @@ mod tests {
 
     #[test]
     fn host_patterns() {
-        assert_eq!(HostPattern::parse("Shop.Example.COM"), Ok(HostPattern::Exact("shop.example.com".into())));
+        assert_eq!(
+            HostPattern::parse("Shop.Example.COM"),
+            Ok(HostPattern::Exact("shop.example.com".into()))
+        );
         let wild = HostPattern::parse("*.example.com").expect("wildcard");
         assert!(wild.matches("a.example.com"));
         assert!(wild.matches("a.b.example.com"));
         assert!(!wild.matches("example.com"));
         assert!(!wild.matches("badexample.com"));
-        for bad in ["", "*", "*.", "foo*.com", "a..b", "-a.com", "a.com:443", "https://a.com", "a.com/x", "ünï.com", "a b.com", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "*",
+            "*.",
+            "foo*.com",
+            "a..b",
+            "-a.com",
+            "a.com:443",
+            "https://a.com",
+            "a.com/x",
+            "ünï.com",
+            "a b.com",
+            &"a".repeat(64),
+        ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }
@@ -431,7 +477,10 @@ mod tests {
         for bad in ["", "Acme", "-a", "a-", "a_b", "ä", &"a".repeat(64)] {
             assert!(Name::parse(bad).is_err(), "{bad:?} was accepted");
         }
-        let key = format!("ed25519:{}", base64::engine::general_purpose::STANDARD.encode([7u8; 32]));
+        let key = format!(
+            "ed25519:{}",
+            base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+        );
         assert_eq!(PublicKey::parse(&key), Ok(PublicKey([7u8; 32])));
         assert!(PublicKey::parse("rsa:AAAA").is_err());
         assert!(PublicKey::parse("ed25519:!!!").is_err());

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 fn cases(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui").join(dir);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/ui")
+        .join(dir);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("ui dir")
         .map(|e| e.expect("entry").path())
@@ -32,7 +34,11 @@ fn check_golden(path: &Path, ext: &str, actual: &str, failures: &mut Vec<String>
 
 fn parse(path: &Path) -> Result<edge_config::Config, edge_config::Diagnostics> {
     let text = std::fs::read_to_string(path).expect("read");
-    let name = path.file_name().expect("name").to_string_lossy().into_owned();
+    let name = path
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
     edge_config::parse(&text, &name, Path::new("/etc/outpost"))
 }
 

@@ -54,6 +54,8 @@ pub enum Failure {
     ClientGone,
     /// Nothing is routed at this host and path.
     NoRoute,
+    /// The routed app has no runnable version yet.
+    NotReady,
     /// outpost itself failed (resources, a bug); not the tenant's fault.
     Internal(String),
 }
@@ -75,6 +77,7 @@ impl Failure {
             // Never sent (the client is gone); 499 is what access logs conventionally record.
             Failure::ClientGone => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Failure::NoRoute => StatusCode::NOT_FOUND,
+            Failure::NotReady => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -87,6 +90,7 @@ impl Failure {
             Failure::BadResponse(_) => "bad_response",
             Failure::ClientGone => "client_gone",
             Failure::NoRoute => "no_route",
+            Failure::NotReady => "not_ready",
             Failure::Internal(_) => "internal",
         }
     }
@@ -104,7 +108,7 @@ impl Failure {
                 Origin::Client
             }
             Failure::Limit(Limit::Headers) => Origin::Client,
-            Failure::Internal(_) => Origin::Internal,
+            Failure::Internal(_) | Failure::NotReady => Origin::Internal,
             _ => Origin::Tenant,
         }
     }
@@ -119,6 +123,7 @@ impl Failure {
             Failure::Trap(_) | Failure::StackOverflow => "outpost: the app failed\n".into(),
             Failure::BadResponse(_) => "outpost: the app sent an invalid response\n".into(),
             Failure::NoRoute => "outpost: no app is routed here\n".into(),
+            Failure::NotReady => "outpost: the app is not ready\n".into(),
             Failure::ClientGone => String::new(),
             Failure::Internal(_) => "outpost: internal error\n".into(),
         }
@@ -134,6 +139,7 @@ impl fmt::Display for Failure {
             Failure::BadResponse(msg) => write!(f, "invalid CGI response: {msg}"),
             Failure::ClientGone => write!(f, "client went away"),
             Failure::NoRoute => write!(f, "no route"),
+            Failure::NotReady => write!(f, "app not ready"),
             Failure::Internal(msg) => write!(f, "internal error: {msg}"),
         }
     }

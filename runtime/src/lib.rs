@@ -6,4 +6,5 @@ pub mod commands;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod node;
 pub mod sandbox;

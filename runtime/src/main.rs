@@ -18,6 +18,10 @@ enum Command {
     /// Serve one module over plain HTTP/1.1 on loopback: the local dev server, with the same
     /// sandbox and limits as production.
     Run(outpost::commands::run::RunArgs),
+    /// Run the PoP daemon from a configuration file.
+    Serve(outpost::commands::serve::ServeArgs),
+    /// Validate a configuration file: exit 0 with a summary, or 1 with every error.
+    Check(outpost::commands::check::CheckArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +36,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => outpost::commands::run::run(args),
+        Command::Serve(args) => outpost::commands::serve::serve(args),
+        Command::Check(args) => return outpost::commands::check::check(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

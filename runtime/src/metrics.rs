@@ -19,6 +19,8 @@ pub struct Metrics {
     pub failures: IntCounterVec,
     pub active: IntGaugeVec,
     pub module_loads: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub unrouted: prometheus::IntCounter,
 }
 
 fn counter(
@@ -109,6 +111,20 @@ impl Metrics {
                 "Modules made ready, by source: compiled or loaded from the artifact cache",
                 &["source"],
             )?,
+            config_reloads: counter(
+                &registry,
+                "outpost_config_reloads_total",
+                "Configuration reloads, by result: ok or error (the old configuration kept serving)",
+                &["result"],
+            )?,
+            unrouted: {
+                let c = prometheus::IntCounter::new(
+                    "outpost_unrouted_requests_total",
+                    "Requests for a host and path no route matches (404 from outpost)",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             registry,
         })
     }

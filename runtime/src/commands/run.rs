@@ -10,7 +10,8 @@ use anyhow::Context;
 use clap::Args;
 use tokio::sync::Semaphore;
 
-use crate::http::handler::{Shared, Target};
+use crate::http::handler::{serve_app, Shared, Target};
+use crate::http::Handler;
 use crate::metrics::Metrics;
 use crate::sandbox::{CompilerKind, HostChoice, Limits, Sandbox, SandboxConfig};
 
@@ -143,6 +144,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         admission: Arc::new(Semaphore::new(args.concurrency.max(1))),
     });
     let shared = Arc::new(Shared { sandbox, metrics });
+    let handler: Handler = Arc::new(move |req, conn| {
+        let (shared, target) = (shared.clone(), target.clone());
+        Box::pin(async move { serve_app(&shared, &target, req, &conn, "").await })
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -153,25 +158,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
         tracing::info!("listening on http://{local}");
-        tokio::select! {
-            _ = crate::http::plain::serve(listener, shared, target) => {}
-            _ = shutdown_signal() => tracing::info!("shutting down"),
-        }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            super::terminate_signal().await;
+            tracing::info!("shutting down: finishing open requests");
+            let _ = stop.send(true);
+        });
+        crate::http::plain::serve(
+            listener,
+            handler,
+            stopped,
+            args.timeout + Duration::from_secs(5),
+        )
+        .await;
         Ok(())
     })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
 }

@@ -52,7 +52,10 @@ pub fn error_response(failure: &Failure) -> Response<OutBody> {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if failure.limit() == Some(Limit::Concurrency) {
+    if matches!(
+        failure,
+        Failure::Limit(Limit::Concurrency) | Failure::NotReady
+    ) {
         response
             .headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));

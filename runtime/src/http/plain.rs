@@ -1,21 +1,35 @@
-//! Plain HTTP/1.1 on a TCP listener, for `outpost run` (the tenant's local dev server).
+//! Plain HTTP/1.1 on a TCP listener: `outpost run`'s dev server and `serve`'s optional
+//! `http` listener. Stops accepting on shutdown and lets open requests finish.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-use super::handler::{serve_app, ConnInfo, ServiceResult, Shared, Target};
+use super::handler::{ConnInfo, ServiceResult};
+use super::Handler;
 
-/// Time a client has to send a complete request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a complete request head (slowloris protection).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accept connections until the task is dropped; every request goes to `target`.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, target: Arc<Target>) {
+/// Accept connections until `shutdown` turns true, then wait (up to `drain`) for open
+/// connections to finish their requests.
+pub async fn serve(
+    listener: TcpListener,
+    handler: Handler,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let graceful = GracefulShutdown::new();
     loop {
-        let (stream, remote) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let (stream, remote) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -27,26 +41,33 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, target: Arc<Targe
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (shared, target) = (shared.clone(), target.clone());
+        let conn = ConnInfo {
+            remote,
+            local,
+            https: false,
+            protocol: "HTTP/1.1",
+        };
+        let handler = handler.clone();
+        let service = service_fn(move |req| {
+            let (handler, conn) = (handler.clone(), conn.clone());
+            async move { ServiceResult::Ok(handler(req, conn).await) }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        let watched = graceful.watch(connection);
         tokio::spawn(async move {
-            let conn = ConnInfo {
-                remote,
-                local,
-                https: false,
-                protocol: "HTTP/1.1",
-            };
-            let service = service_fn(move |req| {
-                let (shared, target, conn) = (shared.clone(), target.clone(), conn.clone());
-                async move { ServiceResult::Ok(serve_app(&shared, &target, req, &conn, "").await) }
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
+            if let Err(e) = watched.await {
                 tracing::debug!(error = %e, %remote, "connection ended with an error");
             }
         });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {drain:?}; closing them");
     }
 }

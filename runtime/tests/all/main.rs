@@ -2,4 +2,5 @@
 
 mod run;
 mod sandbox;
+mod serve;
 mod support;

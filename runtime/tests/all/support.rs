@@ -144,6 +144,7 @@ pub fn test_guest(bin: &str) -> PathBuf {
 pub struct Daemon {
     pub child: Child,
     pub addr: String,
+    pub admin: String,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -155,14 +156,25 @@ impl Daemon {
             .arg(module)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .args(args);
         for (k, v) in envs {
             cmd.env(k, v);
         }
+        Self::start(cmd, false)
+    }
+
+    /// `outpost serve --config CONFIG`, waiting until its http and admin listeners are up.
+    pub fn serve(config: &Path) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        cmd.arg("serve").arg("--config").arg(config);
+        Self::start(cmd, true)
+    }
+
+    fn start(mut cmd: Command, with_admin: bool) -> Self {
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start outpost");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -171,22 +183,37 @@ impl Daemon {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(addr.trim().to_string());
+                    let admin = line.contains("admin listening");
+                    let _ = tx.send((admin, addr.trim().to_string()));
                 }
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "outpost did not start listening:\n{}",
-                    log.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
-                );
+        let (mut addr, mut admin) = (None, None);
+        let until = Instant::now() + Duration::from_secs(120);
+        while addr.is_none() || (with_admin && admin.is_none()) {
+            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok((true, a)) => admin = Some(a),
+                Ok((false, a)) => addr = Some(a),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "outpost did not start listening:\n{}",
+                        log.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+                    );
+                }
             }
-        };
-        Self { child, addr, log }
+        }
+        Self {
+            child,
+            addr: addr.unwrap_or_default(),
+            admin: admin.unwrap_or_default(),
+            log,
+        }
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -293,4 +320,11 @@ pub fn curl(url: &str, extra: &[&str]) -> Reply {
         curl_exit: out.status.code().unwrap_or(-1),
         elapsed,
     }
+}
+
+/// Write a file the way an operator's editor does: a temporary file, then a rename.
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write temp");
+    std::fs::rename(&tmp, path).expect("rename");
 }
