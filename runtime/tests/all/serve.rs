@@ -189,3 +189,38 @@ fn reload_under_load_drops_nothing_and_ignores_invalid_files() {
     );
     assert!(node.log_text().contains("route to unknown app `nope`"));
 }
+
+#[test]
+fn the_example_configuration_is_valid() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .arg("check")
+        .arg(repo_root().join("examples/outpost.toml"))
+        .output()
+        .expect("outpost check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok: 1 tenants, 2 apps, 2 routes"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_reports_every_error_and_exits_1() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .arg("check")
+        .arg(repo_root().join("edge-config/tests/ui/invalid/several_mistakes_at_once.toml"))
+        .output()
+        .expect("outpost check");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches(": error: ").count(), 4, "{stderr}");
+    assert!(
+        stderr.contains("several_mistakes_at_once.toml:5:10: error:"),
+        "{stderr}"
+    );
+}
