@@ -45,6 +45,16 @@ pub struct Listen {
     pub http3: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub admin: SocketAddr,
+    /// Open connections (TCP and QUIC together) beyond which new ones are refused.
+    pub max_connections: u32,
+    /// Concurrent requests (HTTP/2 and HTTP/3 streams) per connection.
+    pub max_streams: u32,
+    /// Time a client has for its TLS handshake and request head (slowloris protection).
+    pub header_timeout: Duration,
+    /// A connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// Largest request head (431 past it).
+    pub max_header_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +124,11 @@ struct RawListen {
     http3: Option<S<String>>,
     http: Option<S<String>>,
     admin: Option<S<String>>,
+    max_connections: Option<S<toml::Value>>,
+    max_streams: Option<S<toml::Value>>,
+    header_timeout: Option<S<toml::Value>>,
+    idle_timeout: Option<S<toml::Value>>,
+    max_header_bytes: Option<S<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -650,6 +665,83 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
         }
     }
 
+    let positive = |l: &mut Loader<'_>,
+                    v: &Option<S<toml::Value>>,
+                    field: &str,
+                    default: u64,
+                    max: u64|
+     -> u64 {
+        match l.count(v, field) {
+            Some(0) | None if v.is_some() => {
+                if let Some(v) = v.as_ref().filter(|v| v.get_ref().as_integer() == Some(0)) {
+                    l.sink
+                        .error(v.span(), format!("{field} must be at least 1"));
+                }
+                default
+            }
+            Some(n) if n > max => {
+                if let Some(v) = v {
+                    l.sink
+                        .error(v.span(), format!("{field} {n} is above {max}"));
+                }
+                default
+            }
+            Some(n) => n,
+            None => default,
+        }
+    };
+    let max_connections = positive(
+        &mut l,
+        &raw_listen.max_connections,
+        "max_connections",
+        10_000,
+        10_000_000,
+    ) as u32;
+    let max_streams = positive(&mut l, &raw_listen.max_streams, "max_streams", 100, 100_000) as u32;
+    let nonzero = |l: &mut Loader<'_>,
+                   v: &Option<S<toml::Value>>,
+                   field: &str,
+                   default: Duration|
+     -> Duration {
+        match l.duration(v, field) {
+            Some(d) if d.is_zero() => {
+                if let Some(v) = v {
+                    l.sink
+                        .error(v.span(), format!("{field} must be longer than 0"));
+                }
+                default
+            }
+            Some(d) => d,
+            None => default,
+        }
+    };
+    let header_timeout = nonzero(
+        &mut l,
+        &raw_listen.header_timeout,
+        "header_timeout",
+        Duration::from_secs(10),
+    );
+    let idle_timeout = nonzero(
+        &mut l,
+        &raw_listen.idle_timeout,
+        "idle_timeout",
+        Duration::from_secs(60),
+    );
+    let max_header_bytes = match l.size(&raw_listen.max_header_bytes, "max_header_bytes") {
+        Some(n) if !(4096..=(1 << 20)).contains(&n) => {
+            if let Some(v) = &raw_listen.max_header_bytes {
+                l.sink.error_help(
+                    v.span(),
+                    format!("max_header_bytes {} is out of range", fmt_size(n)),
+                    "use a size from 4KiB to 1MiB",
+                );
+            }
+            64 << 10
+        }
+        Some(n) => n,
+        None => 64 << 10,
+    };
+
     // [tls]
     let tls = Tls {
         cert: raw_tls.cert.as_ref().map(|c| l.path(c.get_ref())),
@@ -881,6 +973,11 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
             http3: http3.map(|(a, _)| a),
             http: http.map(|(a, _)| a),
             admin: admin.map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)), |(a, _)| a),
+            max_connections,
+            max_streams,
+            header_timeout,
+            idle_timeout,
+            max_header_bytes,
         },
         tls,
         limits,

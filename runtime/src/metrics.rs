@@ -21,6 +21,19 @@ pub struct Metrics {
     pub module_loads: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub unrouted: prometheus::IntCounter,
+    pub tls_handshakes: IntCounterVec,
+    pub quic_connections: prometheus::IntCounter,
+    pub connections_refused: prometheus::IntCounter,
+}
+
+fn plain_counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+) -> prometheus::Result<prometheus::IntCounter> {
+    let c = prometheus::IntCounter::new(name, help)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
 }
 
 fn counter(
@@ -117,14 +130,27 @@ impl Metrics {
                 "Configuration reloads, by result: ok or error (the old configuration kept serving)",
                 &["result"],
             )?,
-            unrouted: {
-                let c = prometheus::IntCounter::new(
-                    "outpost_unrouted_requests_total",
-                    "Requests for a host and path no route matches (404 from outpost)",
-                )?;
-                registry.register(Box::new(c.clone()))?;
-                c
-            },
+            unrouted: plain_counter(
+                &registry,
+                "outpost_unrouted_requests_total",
+                "Requests for a host and path no route matches (404 from outpost)",
+            )?,
+            tls_handshakes: counter(
+                &registry,
+                "outpost_tls_handshakes_total",
+                "TLS handshakes over TCP and QUIC, by result: ok, error, timeout",
+                &["result"],
+            )?,
+            quic_connections: plain_counter(
+                &registry,
+                "outpost_quic_connections_total",
+                "QUIC connections established",
+            )?,
+            connections_refused: plain_counter(
+                &registry,
+                "outpost_connections_refused_total",
+                "Connections refused at the node's connection cap",
+            )?,
             registry,
         })
     }

@@ -11,12 +11,16 @@ use clap::Args;
 use sha2::{Digest, Sha256};
 
 use crate::error::Failure;
+use crate::http::certs::{self, Certs, SniResolver};
 use crate::http::handler::{error_response, serve_app, ConnInfo, Shared};
+use crate::http::quic::QuicListener;
 use crate::http::router::normalize_host;
+use crate::http::tls::{ConnLimits, TlsListener};
 use crate::http::Handler;
 use crate::metrics::Metrics;
 use crate::node::{self, Live, Routed, State};
 use crate::sandbox::{Sandbox, SandboxConfig};
+use rustls::sign::CertifiedKey;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -79,7 +83,22 @@ fn request_handler(live: Arc<Live>, shared: Arc<Shared>) -> Handler {
     })
 }
 
-async fn reload(path: PathBuf, live: Arc<Live>, sandbox: Arc<Sandbox>, metrics: Arc<Metrics>) {
+/// What a reload refreshes besides the state.
+#[derive(Clone)]
+struct Reloadable {
+    live: Arc<Live>,
+    sandbox: Arc<Sandbox>,
+    metrics: Arc<Metrics>,
+    certs: Option<(Arc<SniResolver>, Arc<CertifiedKey>)>,
+}
+
+async fn reload(path: PathBuf, r: Reloadable) {
+    let Reloadable {
+        live,
+        sandbox,
+        metrics,
+        certs,
+    } = r;
     let worker_live = live.clone();
     let built = tokio::task::spawn_blocking(move || {
         let config = edge_config::load(&path)?;
@@ -93,6 +112,11 @@ async fn reload(path: PathBuf, live: Arc<Live>, sandbox: Arc<Sandbox>, metrics: 
     match built {
         Ok(Ok(state)) => {
             let (apps, routes) = (state.apps.len(), state.router.len());
+            if let Some((resolver, default)) = &certs {
+                resolver
+                    .certs
+                    .store(Arc::new(Certs::build(&state.config, default.clone())));
+            }
             live.state.store(Arc::new(state));
             metrics.config_reloads.with_label_values(&["ok"]).inc();
             tracing::info!(apps, routes, "configuration reloaded");
@@ -111,12 +135,7 @@ async fn reload(path: PathBuf, live: Arc<Live>, sandbox: Arc<Sandbox>, metrics: 
 }
 
 /// Reload on SIGHUP, and when the file's contents change.
-async fn watch_config(
-    path: PathBuf,
-    live: Arc<Live>,
-    sandbox: Arc<Sandbox>,
-    metrics: Arc<Metrics>,
-) {
+async fn watch_config(path: PathBuf, r: Reloadable) {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut seen = file_digest(&path);
     let mut tick = tokio::time::interval(WATCH_EVERY);
@@ -142,18 +161,13 @@ async fn watch_config(
             }
         }
         seen = file_digest(&path);
-        reload(path.clone(), live.clone(), sandbox.clone(), metrics.clone()).await;
+        reload(path.clone(), r.clone()).await;
     }
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config =
         edge_config::load(&args.config).map_err(|d| anyhow!("invalid configuration:\n{d}"))?;
-    if config.listen.https.is_some() || config.listen.http3.is_some() {
-        return Err(anyhow!(
-            "https and http3 listeners are not available in this build; use [listen] http"
-        ));
-    }
     std::fs::create_dir_all(&config.node.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -164,6 +178,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot start the sandbox")?;
     let metrics = Arc::new(Metrics::new().context("metrics registry")?);
     let listen = config.listen.clone();
+    let tls = config.tls.clone();
+    let data_dir = config.node.data_dir.clone();
     let state = node::build(config.clone(), &State::empty(config), &sandbox);
     tracing::info!(
         apps = state.apps.len(),
@@ -180,6 +196,36 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let certs = if listen.https.is_some() || listen.http3.is_some() {
+        let default = match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => certs::load_pair(cert, key).map_err(|e| anyhow!(e))?,
+            _ => {
+                let (key, pem) =
+                    certs::self_signed(&data_dir.join("tls")).map_err(|e| anyhow!(e))?;
+                tracing::warn!(
+                    "no TLS certificate configured: serving a self-signed certificate for localhost ({}); for development only",
+                    pem.display()
+                );
+                key
+            }
+        };
+        let resolver = Arc::new(SniResolver {
+            certs: arc_swap::ArcSwap::from_pointee(Certs::build(
+                &live.state.load().config,
+                default.clone(),
+            )),
+        });
+        Some((resolver, default))
+    } else {
+        None
+    };
+    let limits = ConnLimits {
+        connections: Arc::new(tokio::sync::Semaphore::new(listen.max_connections as usize)),
+        header_timeout: listen.header_timeout,
+        idle_timeout: listen.idle_timeout,
+        max_streams: listen.max_streams,
+        max_header_bytes: listen.max_header_bytes as usize,
+    };
     runtime.block_on(async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut listeners = tokio::task::JoinSet::new();
@@ -190,9 +236,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listeners.spawn(crate::http::plain::serve(
             admin,
             crate::http::admin::handler(live.clone(), metrics.clone()),
+            listen.header_timeout,
             stopped.clone(),
             Duration::from_secs(1),
         ));
+        let handler = request_handler(live.clone(), shared.clone());
         if let Some(addr) = listen.http {
             let http = tokio::net::TcpListener::bind(addr)
                 .await
@@ -200,17 +248,56 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!("listening on http://{}", http.local_addr()?);
             listeners.spawn(crate::http::plain::serve(
                 http,
-                request_handler(live.clone(), shared.clone()),
+                handler.clone(),
+                listen.header_timeout,
                 stopped.clone(),
                 DRAIN,
             ));
         }
-        let watcher = tokio::spawn(watch_config(
-            args.config.clone(),
-            live.clone(),
-            sandbox.clone(),
-            metrics.clone(),
-        ));
+        let mut quic_port = None;
+        if let (Some(addr), Some((resolver, _))) = (listen.http3, &certs) {
+            let (_, quic_tls) = certs::server_configs(resolver.clone()).map_err(|e| anyhow!(e))?;
+            let endpoint = crate::http::quic::endpoint(addr, quic_tls, &limits)
+                .with_context(|| format!("cannot listen on {addr} (http3, UDP)"))?;
+            let local = endpoint.local_addr()?;
+            quic_port = Some(local.port());
+            tracing::info!("listening on https://{local} (HTTP/3, UDP)");
+            let quic = QuicListener {
+                endpoint,
+                handler: handler.clone(),
+                limits: limits.clone(),
+                metrics: metrics.clone(),
+            };
+            listeners.spawn(quic.serve(stopped.clone(), DRAIN));
+        }
+        if let (Some(addr), Some((resolver, _))) = (listen.https, &certs) {
+            let (tcp_tls, _) = certs::server_configs(resolver.clone()).map_err(|e| anyhow!(e))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (https)"))?;
+            tracing::info!(
+                "listening on https://{} (HTTP/1.1, HTTP/2)",
+                listener.local_addr()?
+            );
+            let alt_svc = quic_port
+                .and_then(|p| http::HeaderValue::from_str(&format!("h3=\":{p}\"; ma=86400")).ok());
+            let tls = TlsListener {
+                listener,
+                acceptor: tokio_rustls::TlsAcceptor::from(tcp_tls),
+                handler: handler.clone(),
+                limits: limits.clone(),
+                alt_svc,
+                metrics: metrics.clone(),
+            };
+            listeners.spawn(tls.serve(stopped.clone(), DRAIN));
+        }
+        let reloadable = Reloadable {
+            live: live.clone(),
+            sandbox: sandbox.clone(),
+            metrics: metrics.clone(),
+            certs: certs.clone(),
+        };
+        let watcher = tokio::spawn(watch_config(args.config.clone(), reloadable));
         super::terminate_signal().await;
         tracing::info!("shutting down: no new connections; finishing open requests");
         watcher.abort();

@@ -4,9 +4,8 @@
 use std::sync::Arc;
 
 use http::{header, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
-use super::body::OutBody;
+use super::body::{InBody, OutBody};
 use super::handler::ConnInfo;
 use super::Handler;
 use crate::metrics::Metrics;
@@ -27,7 +26,7 @@ fn text(
 }
 
 pub fn handler(live: Arc<Live>, metrics: Arc<Metrics>) -> Handler {
-    Arc::new(move |req: Request<Incoming>, _conn: ConnInfo| {
+    Arc::new(move |req: Request<InBody>, _conn: ConnInfo| {
         let (live, metrics) = (live.clone(), metrics.clone());
         Box::pin(async move {
             match req.uri().path() {

@@ -1,4 +1,5 @@
-//! The response body handed to hyper: either complete, or the guest's output as it streams.
+//! Bodies: the response handed to hyper or h3 (complete, or the guest's output as it streams),
+//! and the request body from any protocol.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -80,6 +81,48 @@ impl Body for OutBody {
                 hint.set_lower(first.as_ref().map_or(0, |b| b.len() as u64));
                 hint
             }
+        }
+    }
+}
+
+/// A request body from any listener: hyper's (HTTP/1.1, HTTP/2) or chunks from an HTTP/3
+/// stream.
+pub enum InBody {
+    Hyper(hyper::body::Incoming),
+    Chunks(mpsc::Receiver<Result<Bytes, Failure>>),
+    Empty,
+}
+
+impl Body for InBody {
+    type Data = Bytes;
+    type Error = Failure;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Failure>>> {
+        match self.get_mut() {
+            InBody::Hyper(incoming) => match Pin::new(incoming).poll_frame(cx) {
+                Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(Failure::ClientGone))),
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            InBody::Chunks(rx) => match rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                Poll::Ready(Some(Err(f))) => Poll::Ready(Some(Err(f))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            InBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            InBody::Hyper(incoming) => incoming.is_end_stream(),
+            InBody::Chunks(_) => false,
+            InBody::Empty => true,
         }
     }
 }

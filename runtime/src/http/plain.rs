@@ -9,10 +9,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::body::InBody;
 use super::handler::{ConnInfo, ServiceResult};
 use super::Handler;
 
-/// Time a client has to send a complete request head (slowloris protection).
+/// Default time a client has to send a complete request head (slowloris protection).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accept connections until `shutdown` turns true, then wait (up to `drain`) for open
@@ -20,6 +21,7 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(
     listener: TcpListener,
     handler: Handler,
+    header_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) {
@@ -50,11 +52,11 @@ pub async fn serve(
         let handler = handler.clone();
         let service = service_fn(move |req| {
             let (handler, conn) = (handler.clone(), conn.clone());
-            async move { ServiceResult::Ok(handler(req, conn).await) }
+            async move { ServiceResult::Ok(handler(req.map(InBody::Hyper), conn).await) }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(header_timeout)
             .serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(connection);
         tokio::spawn(async move {

@@ -1,0 +1,210 @@
+//! QUIC + HTTP/3 (quinn, h3): each request stream goes through the same handler as TCP, its
+//! body streamed both ways. Bounded by the node's connection cap, streams per connection and
+//! the idle timeout; on shutdown, new requests are refused and open ones finish.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http_body_util::BodyExt;
+use tokio::sync::{mpsc, watch};
+
+use super::body::InBody;
+use super::handler::ConnInfo;
+use super::tls::ConnLimits;
+use super::Handler;
+use crate::error::Failure;
+use crate::metrics::Metrics;
+
+pub struct QuicListener {
+    pub endpoint: quinn::Endpoint,
+    pub handler: Handler,
+    pub limits: ConnLimits,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Build the endpoint for `addr` from the QUIC rustls config.
+pub fn endpoint(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+    limits: &ConnLimits,
+) -> anyhow::Result<quinn::Endpoint> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(limits.max_streams.into())
+        .max_concurrent_uni_streams(16u32.into())
+        .max_idle_timeout(Some(quinn::IdleTimeout::try_from(limits.idle_timeout)?));
+    config.transport_config(Arc::new(transport));
+    Ok(quinn::Endpoint::server(config, addr)?)
+}
+
+impl QuicListener {
+    pub async fn serve(self, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let incoming = tokio::select! {
+                incoming = self.endpoint.accept() => incoming,
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            let Some(incoming) = incoming else { break };
+            let Ok(permit) = self.limits.connections.clone().try_acquire_owned() else {
+                self.metrics.connections_refused.inc();
+                incoming.refuse();
+                continue;
+            };
+            let (handler, metrics, limits, stop) = (
+                self.handler.clone(),
+                self.metrics.clone(),
+                self.limits.clone(),
+                shutdown.clone(),
+            );
+            let local = self.endpoint.local_addr().ok();
+            connections.spawn(async move {
+                let _permit = permit;
+                let remote = incoming.remote_address();
+                let connecting = match incoming.accept() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(%remote, error = %e, "QUIC connection refused");
+                        return;
+                    }
+                };
+                let conn = match tokio::time::timeout(limits.header_timeout, connecting).await {
+                    Ok(Ok(conn)) => conn,
+                    _ => {
+                        metrics.tls_handshakes.with_label_values(&["error"]).inc();
+                        return;
+                    }
+                };
+                metrics.quic_connections.inc();
+                let info = ConnInfo {
+                    remote,
+                    local: local.unwrap_or(remote),
+                    https: true,
+                    protocol: "HTTP/3",
+                };
+                serve_connection(conn, handler, info, limits, stop).await;
+            });
+        }
+        // Stop accepting; let open connections finish their requests.
+        let finished = tokio::time::timeout(drain, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!("QUIC connections still open after {drain:?}; closing them");
+        }
+        self.endpoint.close(0u32.into(), b"shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn serve_connection(
+    conn: quinn::Connection,
+    handler: Handler,
+    info: ConnInfo,
+    limits: ConnLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut builder = h3::server::builder();
+    builder.max_field_section_size(limits.max_header_bytes as u64);
+    let mut h3conn = match builder.build(h3_quinn::Connection::new(conn)).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(remote = %info.remote, error = %e, "HTTP/3 setup failed");
+            return;
+        }
+    };
+    let mut requests = tokio::task::JoinSet::new();
+    loop {
+        let stopping = async {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let next = tokio::select! {
+            next = h3conn.accept() => next,
+            _ = stopping => {
+                // GOAWAY: no new requests; those already accepted finish below.
+                let _ = h3conn.shutdown(0).await;
+                break;
+            }
+        };
+        match next {
+            Ok(Some(resolver)) => {
+                let (handler, info) = (handler.clone(), info.clone());
+                requests.spawn(async move {
+                    match resolver.resolve_request().await {
+                        Ok((req, stream)) => serve_request(req, stream, handler, info).await,
+                        Err(e) => tracing::debug!(error = %e, "bad HTTP/3 request"),
+                    }
+                });
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(remote = %info.remote, error = %e, "HTTP/3 connection ended");
+                break;
+            }
+        }
+    }
+    while requests.join_next().await.is_some() {}
+}
+
+async fn serve_request<S>(
+    req: http::Request<()>,
+    stream: h3::server::RequestStream<S, Bytes>,
+    handler: Handler,
+    info: ConnInfo,
+) where
+    S: h3::quic::BidiStream<Bytes> + Send + 'static,
+    S::SendStream: Send,
+    S::RecvStream: Send + 'static,
+{
+    let (mut send, mut recv) = stream.split();
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        loop {
+            match recv.recv_data().await {
+                Ok(Some(mut chunk)) => {
+                    let bytes = chunk.copy_to_bytes(chunk.remaining());
+                    if tx.send(Ok(bytes)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(_) => {
+                    let _ = tx.send(Err(Failure::ClientGone)).await;
+                    return;
+                }
+            }
+        }
+    });
+    let response = handler(req.map(|()| InBody::Chunks(rx)), info).await;
+    let (parts, mut body) = response.into_parts();
+    if send
+        .send_response(http::Response::from_parts(parts, ()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    if send.send_data(data).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(failure) => {
+                // The guest failed mid-body: reset the stream so the client sees it incomplete.
+                tracing::debug!(%failure, "HTTP/3 response cut off");
+                send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                return;
+            }
+        }
+    }
+    let _ = send.finish().await;
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""An independent HTTP/3 client for outpost's tests, built on aioquic.
+
+    h3_client.py --connect 127.0.0.1:PORT --url https://HOST/PATH --cacert CA.pem
+                 [--method POST] [--data-file FILE] [--out FILE]
+
+Prints one JSON line: {"status": N, "headers": [[name, value], ...], "bytes": N}; the body
+goes to --out. Exits non-zero if the request fails or the certificate does not verify.
+"""
+import argparse
+import asyncio
+import json
+import sys
+from urllib.parse import urlparse
+
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+
+
+class Client(QuicConnectionProtocol):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.http = H3Connection(self._quic)
+        self.done = {}
+        self.events = {}
+
+    def quic_event_received(self, event):
+        for ev in self.http.handle_event(event):
+            if isinstance(ev, (HeadersReceived, DataReceived)):
+                self.events.setdefault(ev.stream_id, []).append(ev)
+                if ev.stream_ended and ev.stream_id in self.done:
+                    self.done.pop(ev.stream_id).set_result(self.events.pop(ev.stream_id))
+
+    async def request(self, method, authority, path, body):
+        sid = self._quic.get_next_available_stream_id()
+        headers = [
+            (b":method", method.encode()),
+            (b":scheme", b"https"),
+            (b":authority", authority.encode()),
+            (b":path", path.encode()),
+            (b"user-agent", b"aioquic-h3-test"),
+        ]
+        if body:
+            headers.append((b"content-length", str(len(body)).encode()))
+        waiter = self._loop.create_future()
+        self.done[sid] = waiter
+        self.http.send_headers(sid, headers, end_stream=not body)
+        if body:
+            self.http.send_data(sid, body, end_stream=True)
+        self.transmit()
+        return await waiter
+
+
+async def main(args):
+    url = urlparse(args.url)
+    host, port = args.connect.rsplit(":", 1)
+    config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=url.hostname)
+    config.load_verify_locations(args.cacert)
+    body = open(args.data_file, "rb").read() if args.data_file else b""
+    path = url.path or "/"
+    if url.query:
+        path += "?" + url.query
+    async with connect(host.strip("[]"), int(port), configuration=config, create_protocol=Client) as client:
+        events = await asyncio.wait_for(client.request(args.method, url.netloc, path, body), args.timeout)
+    status, headers, data = 0, [], bytearray()
+    for ev in events:
+        if isinstance(ev, HeadersReceived):
+            for name, value in ev.headers:
+                if name == b":status":
+                    status = int(value)
+                else:
+                    headers.append([name.decode(), value.decode()])
+        elif isinstance(ev, DataReceived):
+            data.extend(ev.data)
+    if args.out:
+        with open(args.out, "wb") as f:
+            f.write(data)
+    print(json.dumps({"status": status, "headers": headers, "bytes": len(data)}))
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--connect", required=True)
+    p.add_argument("--url", required=True)
+    p.add_argument("--cacert", required=True)
+    p.add_argument("--method", default="GET")
+    p.add_argument("--data-file")
+    p.add_argument("--out")
+    p.add_argument("--timeout", type=float, default=60)
+    try:
+        asyncio.run(main(p.parse_args()))
+    except Exception as e:  # any failure is a failed request for the test
+        print(f"h3_client: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)
