@@ -99,6 +99,33 @@ fn cgi_request<B>(req: &Request<B>, conn: &ConnInfo, script_name: &str) -> CgiRe
     }
 }
 
+/// A request refused before its body was read: read (and drop) a bounded amount of it in the
+/// background, so the client sees the response rather than a reset stream while it is still
+/// sending; past the bound the stream is reset.
+pub fn discard_body<B>(body: B)
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+{
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut seen: usize = 0;
+        let drained = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len());
+                if seen > DISCARD_MAX {
+                    break;
+                }
+            }
+        });
+        let _ = drained.await;
+    });
+}
+
+const DISCARD_MAX: usize = 1 << 20;
+
 /// Feed a request body to the guest's stdin, enforcing the body cap as it arrives.
 fn feed_body<B>(body: B, cap: u64) -> GuestInput
 where
@@ -171,11 +198,15 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limits.request_body) {
+        discard_body(req.into_body());
         return record_early(Failure::Limit(Limit::RequestBody));
     }
     let permit: OwnedSemaphorePermit = match target.admission.clone().try_acquire_owned() {
         Ok(permit) => permit,
-        Err(_) => return record_early(Failure::Limit(Limit::Concurrency)),
+        Err(_) => {
+            discard_body(req.into_body());
+            return record_early(Failure::Limit(Limit::Concurrency));
+        }
     };
     let cgi = cgi_request(&req, conn, script_name);
     let input = feed_body(req.into_body(), limits.request_body);

@@ -1,5 +1,6 @@
 //! outpost's integration tests: one binary, one module per area.
 
+mod edge;
 mod run;
 mod sandbox;
 mod serve;

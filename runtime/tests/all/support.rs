@@ -145,6 +145,8 @@ pub struct Daemon {
     pub child: Child,
     pub addr: String,
     pub admin: String,
+    pub https: String,
+    pub http3: String,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -160,17 +162,23 @@ impl Daemon {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        Self::start(cmd, false)
+        Self::start(cmd, &["http"])
     }
 
-    /// `outpost serve --config CONFIG`, waiting until its http and admin listeners are up.
-    pub fn serve(config: &Path) -> Self {
+    /// `outpost serve --config CONFIG`, waiting until the named listeners ("http", "https",
+    /// "http3", "admin") are up.
+    pub fn serve_with(config: &Path, listeners: &[&str]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
         cmd.arg("serve").arg("--config").arg(config);
-        Self::start(cmd, true)
+        Self::start(cmd, listeners)
     }
 
-    fn start(mut cmd: Command, with_admin: bool) -> Self {
+    /// `outpost serve --config CONFIG` with plain http and admin listeners.
+    pub fn serve(config: &Path) -> Self {
+        Self::serve_with(config, &["http", "admin"])
+    }
+
+    fn start(mut cmd: Command, expect: &[&str]) -> Self {
         cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -182,19 +190,35 @@ impl Daemon {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on http://").nth(1) {
-                    let admin = line.contains("admin listening");
-                    let _ = tx.send((admin, addr.trim().to_string()));
+                let kind = if line.contains("admin listening on http://") {
+                    Some("admin")
+                } else if line.contains("(HTTP/3, UDP)") {
+                    Some("http3")
+                } else if line.contains("listening on https://") {
+                    Some("https")
+                } else if line.contains("listening on http://") {
+                    Some("http")
+                } else {
+                    None
+                };
+                if let Some(kind) = kind {
+                    let addr = line
+                        .split("://")
+                        .nth(1)
+                        .and_then(|a| a.split_whitespace().next())
+                        .unwrap_or("");
+                    let _ = tx.send((kind, addr.to_string()));
                 }
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         });
-        let (mut addr, mut admin) = (None, None);
+        let mut found: std::collections::HashMap<&'static str, String> = Default::default();
         let until = Instant::now() + Duration::from_secs(120);
-        while addr.is_none() || (with_admin && admin.is_none()) {
+        while !expect.iter().all(|k| found.contains_key(k)) {
             match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                Ok((true, a)) => admin = Some(a),
-                Ok((false, a)) => addr = Some(a),
+                Ok((kind, addr)) => {
+                    found.insert(kind, addr);
+                }
                 Err(_) => {
                     let _ = child.kill();
                     panic!(
@@ -206,8 +230,10 @@ impl Daemon {
         }
         Self {
             child,
-            addr: addr.unwrap_or_default(),
-            admin: admin.unwrap_or_default(),
+            addr: found.get("http").cloned().unwrap_or_default(),
+            admin: found.get("admin").cloned().unwrap_or_default(),
+            https: found.get("https").cloned().unwrap_or_default(),
+            http3: found.get("http3").cloned().unwrap_or_default(),
             log,
         }
     }

@@ -1,0 +1,573 @@
+//! The PoP daemon over TLS and QUIC with real clients: curl (HTTP/1.1, HTTP/2) and an aioquic
+//! HTTP/3 client, two tenants with their own certificates, admission limits, slowloris, the
+//! metrics, and a drain on SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// A test CA and leaf certificates (CA:FALSE) for the tenants and the node.
+struct Pki {
+    ca: PathBuf,
+}
+
+fn issue(dir: &Path, name: &str, sans: &[&str], issuer: &rcgen::Issuer<'_, rcgen::KeyPair>) {
+    let mut params =
+        rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, sans[0]);
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, issuer).expect("sign");
+    std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write cert");
+    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write key");
+}
+
+fn make_pki(dir: &Path) -> Pki {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "outpost test CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, ca_cert.pem()).expect("write ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    issue(dir, "acme", &["shop.acme.test"], &issuer);
+    issue(dir, "globex", &["*.globex.test"], &issuer);
+    issue(dir, "node", &["node.test", "slow.test"], &issuer);
+    Pki { ca }
+}
+
+fn node_config(dir: &TempDir) -> String {
+    let d = |name: &str| dir.path(name).display().to_string();
+    format!(
+        r#"[node]
+data_dir = "{data}"
+
+[listen]
+https = "127.0.0.1:0"
+http3 = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+header_timeout = "1s"
+
+[tls]
+cert = "{node_pem}"
+key = "{node_key}"
+
+[[tenant]]
+name = "acme"
+allow_unsigned = true
+[[tenant.cert]]
+cert = "{acme_pem}"
+key = "{acme_key}"
+
+[[tenant]]
+name = "globex"
+allow_unsigned = true
+[[tenant.cert]]
+cert = "{globex_pem}"
+key = "{globex_key}"
+
+[[tenant]]
+name = "slow"
+allow_unsigned = true
+[tenant.limits]
+concurrency = 1
+request_body = "1KiB"
+
+[[app]]
+name = "shop"
+tenant = "acme"
+source = "file:{echo}"
+
+[[app]]
+name = "shop-stream"
+tenant = "acme"
+source = "file:{stream}"
+
+[[app]]
+name = "greet"
+tenant = "globex"
+source = "file:{hello}"
+
+[[app]]
+name = "slow"
+tenant = "slow"
+source = "file:{stream}"
+
+[[route]]
+host = "shop.acme.test"
+app = "shop"
+
+[[route]]
+host = "shop.acme.test"
+path = "/stream"
+app = "shop-stream"
+
+[[route]]
+host = "*.globex.test"
+app = "greet"
+
+[[route]]
+host = "slow.test"
+app = "slow"
+"#,
+        data = d("data"),
+        node_pem = d("node.pem"),
+        node_key = d("node.key"),
+        acme_pem = d("acme.pem"),
+        acme_key = d("acme.key"),
+        globex_pem = d("globex.pem"),
+        globex_key = d("globex.key"),
+        echo = echo_rust().display(),
+        stream = test_guest("stream").display(),
+        hello = hello_rust().display(),
+    )
+}
+
+struct Edge {
+    node: Daemon,
+    pki: Pki,
+    dir: TempDir,
+}
+
+impl Edge {
+    fn start(tag: &str) -> Self {
+        let dir = TempDir::new(tag);
+        let pki = make_pki(&dir.0);
+        let cfg = dir.path("node.toml");
+        std::fs::write(&cfg, node_config(&dir)).expect("config");
+        let node = Daemon::serve_with(&cfg, &["https", "http3", "admin"]);
+        Self { node, pki, dir }
+    }
+
+    fn port(&self) -> &str {
+        self.node.https.rsplit(':').next().unwrap_or("0")
+    }
+
+    fn quic_port(&self) -> &str {
+        self.node.http3.rsplit(':').next().unwrap_or("0")
+    }
+
+    /// curl over TLS to `host`, resolved to loopback, trusting only the test CA.
+    fn curl(&self, version: &str, host: &str, path: &str, extra: &[&str]) -> (Reply, String) {
+        let resolve = format!("{host}:{}:127.0.0.1", self.port());
+        let url = format!("https://{host}:{}{path}", self.port());
+        let stderr_file = self.dir.path(&format!("curl-{}.err", unique()));
+        let mut args: Vec<&str> = vec![version, "-v", "--resolve", &resolve, "--cacert"];
+        let ca = self.pki.ca.display().to_string();
+        args.push(&ca);
+        args.push("--stderr");
+        let stderr_path = stderr_file.display().to_string();
+        args.push(&stderr_path);
+        args.extend_from_slice(extra);
+        let reply = curl(&url, &args);
+        let verbose = std::fs::read_to_string(&stderr_file).unwrap_or_default();
+        (reply, verbose)
+    }
+
+    /// The aioquic client against the QUIC port.
+    fn h3(
+        &self,
+        host: &str,
+        path: &str,
+        method: &str,
+        data: Option<&Path>,
+    ) -> (serde_json::Value, Vec<u8>) {
+        let out = self.dir.path(&format!("h3-{}.out", unique()));
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo_root().join("runtime/tests/clients/h3_client.py"))
+            .args(["--connect", &format!("127.0.0.1:{}", self.quic_port())])
+            .args(["--url", &format!("https://{host}{path}")])
+            .arg("--cacert")
+            .arg(&self.pki.ca)
+            .args(["--method", method])
+            .arg("--out")
+            .arg(&out);
+        if let Some(data) = data {
+            cmd.arg("--data-file").arg(data);
+        }
+        let result = cmd
+            .output()
+            .expect("python3 with aioquic (scripts/test installs it)");
+        assert!(
+            result.status.success(),
+            "HTTP/3 request failed: {}\n{}",
+            String::from_utf8_lossy(&result.stderr),
+            self.node.log_text()
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&result.stdout).expect("h3 client JSON");
+        (json, std::fs::read(&out).unwrap_or_default())
+    }
+}
+
+fn unique() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
+#[test]
+fn each_tenant_is_served_with_its_certificate_over_tcp_and_quic() {
+    let edge = Edge::start("edge-certs");
+    for version in ["--http1.1", "--http2"] {
+        let (shop, verbose) = edge.curl(
+            version,
+            "shop.acme.test",
+            "/echo-me?x=1",
+            &["--data-binary", "acme body"],
+        );
+        assert_eq!(shop.status, 200, "{verbose}");
+        assert_eq!(shop.body, b"acme body");
+        assert_eq!(shop.header("x-echo-path"), Some("/echo-me"));
+        assert!(verbose.contains("subject: CN=shop.acme.test"), "{verbose}");
+        let expected_alt = format!("h3=\":{}\"; ma=86400", edge.quic_port());
+        assert_eq!(shop.header("alt-svc"), Some(expected_alt.as_str()));
+        let proto = if version == "--http2" {
+            "HTTP/2 200"
+        } else {
+            "HTTP/1.1 200"
+        };
+        assert!(verbose.contains(&format!("< {proto}")), "{verbose}");
+
+        let (greet, verbose) = edge.curl(version, "www.globex.test", "/", &[]);
+        assert_eq!(
+            (greet.status, greet.text().as_str()),
+            (200, "Hello from outpost!\n")
+        );
+        assert!(verbose.contains("subject: CN=*.globex.test"), "{verbose}");
+    }
+
+    let (json, body) = edge.h3("www.globex.test", "/", "GET", None);
+    assert_eq!(json["status"], 200);
+    assert_eq!(body, b"Hello from outpost!\n");
+
+    let payload: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8)
+        .collect();
+    let file = edge.dir.path("payload.bin");
+    std::fs::write(&file, &payload).expect("payload");
+    let (json, body) = edge.h3("shop.acme.test", "/upload", "POST", Some(&file));
+    assert_eq!(json["status"], 200);
+    assert_eq!(body.len(), payload.len());
+    assert!(
+        body == payload,
+        "the 5 MiB body came back different over HTTP/3"
+    );
+}
+
+#[test]
+fn unknown_hosts_full_tenants_and_large_bodies_are_refused() {
+    let edge = Edge::start("edge-admission");
+    let (unknown, _) = edge.curl("--http1.1", "node.test", "/", &[]);
+    assert_eq!(unknown.status, 404);
+    assert!(
+        unknown.text().starts_with("outpost:"),
+        "the 404 comes from outpost itself"
+    );
+
+    let (big, _) = edge.curl(
+        "--http2",
+        "slow.test",
+        "/",
+        &["--data-binary", &"x".repeat(2048)],
+    );
+    assert_eq!(big.status, 413);
+
+    // The slow tenant allows one request at once: a second one meanwhile gets 503.
+    let background = {
+        let url = format!("https://slow.test:{}/?sleep=1500", edge.port());
+        let resolve = format!("slow.test:{}:127.0.0.1", edge.port());
+        let ca = edge.pki.ca.display().to_string();
+        std::thread::spawn(move || curl(&url, &["--resolve", &resolve, "--cacert", &ca]))
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    let (full, _) = edge.curl("--http1.1", "slow.test", "/?sleep=0", &[]);
+    assert_eq!(full.status, 503);
+    assert_eq!(full.header("retry-after"), Some("1"));
+    let first = background.join().expect("background");
+    assert_eq!(
+        (first.status, first.text().as_str()),
+        (200, "first\nsecond\n")
+    );
+    let (after, _) = edge.curl("--http1.1", "slow.test", "/?sleep=0", &[]);
+    assert_eq!(after.status, 200, "the slot is free again");
+}
+
+/// A client that trickles its request head is cut off after the header timeout (1 s here),
+/// and so is one that never starts its TLS handshake; other clients are served meanwhile.
+#[test]
+fn slowloris_clients_are_cut_off_while_others_are_served() {
+    let edge = Edge::start("edge-slowloris");
+    let script = r#"
+import socket, ssl, sys, time
+port = int(sys.argv[1])
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+raw = socket.create_connection(("127.0.0.1", port))
+s = ctx.wrap_socket(raw, server_hostname="shop.acme.test")
+start = time.time()
+s.sendall(b"GET / HTTP/1.1\r\nHost: shop.acme.test\r\n")
+try:
+    for i in range(40):
+        time.sleep(0.25)
+        s.sendall(b"X-Slow-%d: 1\r\n" % i)
+    print("NOT CUT %.2f" % (time.time() - start))
+except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+    print("CUT %.2f" % (time.time() - start))
+"#;
+    let slow = {
+        let (port, ca) = (edge.port().to_string(), edge.pki.ca.display().to_string());
+        let script = script.to_string();
+        std::thread::spawn(move || {
+            Command::new("python3")
+                .args(["-c", &script, &port, &ca])
+                .output()
+                .expect("python3")
+        })
+    };
+    let silent_started = Instant::now();
+    let mut silent =
+        std::net::TcpStream::connect(format!("127.0.0.1:{}", edge.port())).expect("connect");
+    for _ in 0..5 {
+        let (ok, _) = edge.curl(
+            "--http2",
+            "shop.acme.test",
+            "/",
+            &["--data-binary", "still served"],
+        );
+        assert_eq!(ok.body, b"still served");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 16];
+    let read = std::io::Read::read(&mut silent, &mut buf);
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the silent connection was not closed"
+    );
+    assert!(
+        silent_started.elapsed() < Duration::from_secs(4),
+        "closed after {:?}",
+        silent_started.elapsed()
+    );
+    let out = slow.join().expect("slowloris");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let cut_after: f64 = said
+        .strip_prefix("CUT ")
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "the slow client was not cut off: {said} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(cut_after < 3.0, "cut after {cut_after} s");
+}
+
+#[test]
+fn metrics_count_each_tenants_requests_by_protocol_and_status() {
+    let edge = Edge::start("edge-metrics");
+    for _ in 0..3 {
+        assert_eq!(
+            edge.curl("--http1.1", "shop.acme.test", "/", &[]).0.status,
+            200
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            edge.curl("--http2", "www.globex.test", "/", &[]).0.status,
+            200
+        );
+    }
+    assert_eq!(edge.h3("shop.acme.test", "/", "GET", None).0["status"], 200);
+    assert_eq!(
+        edge.curl(
+            "--http2",
+            "slow.test",
+            "/",
+            &["--data-binary", &"x".repeat(4096)]
+        )
+        .0
+        .status,
+        413
+    );
+    assert_eq!(edge.curl("--http1.1", "node.test", "/", &[]).0.status, 404);
+
+    let script = r#"
+import sys, json
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        key = s.name + "|" + ",".join("%s=%s" % kv for kv in sorted(s.labels.items()))
+        out[key] = s.value
+print(json.dumps(out))
+"#;
+    let expected = [
+        (
+            "outpost_requests_total|app=shop,protocol=HTTP/1.1,status=200,tenant=acme",
+            3.0,
+        ),
+        (
+            "outpost_requests_total|app=greet,protocol=HTTP/2,status=200,tenant=globex",
+            2.0,
+        ),
+        (
+            "outpost_requests_total|app=shop,protocol=HTTP/3,status=200,tenant=acme",
+            1.0,
+        ),
+        (
+            "outpost_requests_total|app=slow,protocol=HTTP/2,status=413,tenant=slow",
+            1.0,
+        ),
+        (
+            "outpost_limit_exceeded_total|limit=request_body,tenant=slow",
+            1.0,
+        ),
+        ("outpost_unrouted_requests_total|", 1.0),
+    ];
+    // Counters are recorded when each guest's outcome arrives: give them a moment.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = curl(&edge.node.admin_url("/metrics"), &[]).text();
+        let parsed = Command::new("python3")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(text.as_bytes())?;
+                child.wait_with_output()
+            })
+            .expect("python3 with prometheus_client (scripts/test installs it)");
+        assert!(
+            parsed.status.success(),
+            "/metrics is not valid Prometheus text: {}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
+        let samples: serde_json::Value = serde_json::from_slice(&parsed.stdout).expect("json");
+        let mismatched: Vec<String> = expected
+            .iter()
+            .filter(|(k, v)| samples.get(*k).and_then(|x| x.as_f64()) != Some(*v))
+            .map(|(k, v)| format!("{k}: want {v}, got {:?}", samples.get(*k)))
+            .collect();
+        if mismatched.is_empty() {
+            assert!(
+                samples
+                    .get("outpost_tls_handshakes_total|result=ok")
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(0.0)
+                    >= 6.0
+            );
+            assert!(
+                samples
+                    .get("outpost_quic_connections_total|")
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(0.0)
+                    >= 1.0
+            );
+            return;
+        }
+        assert!(Instant::now() < until, "{}\n{text}", mismatched.join("\n"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One request of the load loop: started, ended, curl's exit code, status, body.
+type Attempt = (Instant, Instant, i32, u16, Vec<u8>);
+
+/// SIGTERM while a bounded loop of requests runs: every request that reached the daemon
+/// completes; the daemon then exits 0.
+#[test]
+fn sigterm_drains_open_requests_and_exits_zero() {
+    let mut edge = Edge::start("edge-sigterm");
+    let results: Arc<Mutex<Vec<Attempt>>> = Arc::default();
+    let stop_at = Instant::now() + Duration::from_secs(4);
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let results = results.clone();
+            let url = format!("https://shop.acme.test:{}/stream?sleep=400", edge.port());
+            let resolve = format!("shop.acme.test:{}:127.0.0.1", edge.port());
+            let ca = edge.pki.ca.display().to_string();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    if Instant::now() > stop_at {
+                        break;
+                    }
+                    let started = Instant::now();
+                    let r = curl(&url, &["--resolve", &resolve, "--cacert", &ca]);
+                    results.lock().expect("results").push((
+                        started,
+                        Instant::now(),
+                        r.curl_exit,
+                        r.status,
+                        r.body,
+                    ));
+                    if r.curl_exit == 7 {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1200));
+    let term_at = Instant::now();
+    let pid = edge.node.pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let status = loop {
+        if let Some(status) = edge.node.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            term_at.elapsed() < Duration::from_secs(30),
+            "the daemon did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for w in workers {
+        w.join().expect("worker");
+    }
+    assert_eq!(status.code(), Some(0), "{}", edge.node.log_text());
+    let results = results.lock().expect("results");
+    let in_flight = results
+        .iter()
+        .filter(|r| r.0 < term_at && r.1 > term_at)
+        .count();
+    assert!(in_flight > 0, "no request was in flight at SIGTERM");
+    for (started, _, exit, status, body) in results.iter() {
+        match exit {
+            0 => {
+                assert_eq!(*status, 200);
+                assert_eq!(body.as_slice(), b"first\nsecond\n");
+            }
+            // Refused: the listener had already closed (after SIGTERM), so it never reached us.
+            7 => assert!(*started > term_at),
+            other => panic!(
+                "a request failed with curl exit {other} (started {:?} after SIGTERM)",
+                started.checked_duration_since(term_at)
+            ),
+        }
+    }
+}
