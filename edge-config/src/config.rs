@@ -457,6 +457,32 @@ impl<'a> Loader<'a> {
         out
     }
 
+    /// A valid name not defined before in this file; otherwise report why and give `None`.
+    fn unique_name(
+        &mut self,
+        raw: &S<String>,
+        kind: &str,
+        seen: &mut HashMap<String, Range<usize>>,
+    ) -> Option<Name> {
+        let name = match Name::parse(raw.get_ref()) {
+            Ok(n) => n,
+            Err(e) => {
+                self.sink.error(raw.span(), format!("{kind} name: {e}"));
+                return None;
+            }
+        };
+        if let Some(first) = seen.get(name.as_str()) {
+            let first = self.sink.pos(first);
+            self.sink
+                .error(raw.span(), format!("{kind} `{name}` is defined twice"))
+                .notes
+                .push((first, "first defined here".into()));
+            return None;
+        }
+        seen.insert(name.as_str().to_string(), raw.span());
+        Some(name)
+    }
+
     fn cap_error(&mut self, span: Range<usize>, what: &str, field: &str, caps: Option<&Limits>) {
         let cap = caps.map(|c| match field {
             "memory" => fmt_size(c.memory),
@@ -800,22 +826,9 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
     let mut tenants = Vec::new();
     let mut tenant_seen: HashMap<String, Range<usize>> = HashMap::new();
     for (entry_span, raw) in &raw_tenants {
-        let name = match Name::parse(raw.name.get_ref()) {
-            Ok(n) => n,
-            Err(e) => {
-                l.sink.error(raw.name.span(), format!("tenant name: {e}"));
-                continue;
-            }
-        };
-        if let Some(first) = tenant_seen.get(name.as_str()) {
-            let first = l.sink.pos(first);
-            l.sink
-                .error(raw.name.span(), format!("tenant `{name}` is defined twice"))
-                .notes
-                .push((first, "first defined here".into()));
+        let Some(name) = l.unique_name(&raw.name, "tenant", &mut tenant_seen) else {
             continue;
-        }
-        tenant_seen.insert(name.as_str().to_string(), raw.name.span());
+        };
         let keys = raw
             .keys
             .iter()
@@ -852,22 +865,9 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
     let mut apps = Vec::new();
     let mut app_seen: HashMap<String, Range<usize>> = HashMap::new();
     for (_, raw) in &raw_apps {
-        let name = match Name::parse(raw.name.get_ref()) {
-            Ok(n) => n,
-            Err(e) => {
-                l.sink.error(raw.name.span(), format!("app name: {e}"));
-                continue;
-            }
-        };
-        if let Some(first) = app_seen.get(name.as_str()) {
-            let first = l.sink.pos(first);
-            l.sink
-                .error(raw.name.span(), format!("app `{name}` is defined twice"))
-                .notes
-                .push((first, "first defined here".into()));
+        let Some(name) = l.unique_name(&raw.name, "app", &mut app_seen) else {
             continue;
-        }
-        app_seen.insert(name.as_str().to_string(), raw.name.span());
+        };
         let tenant_name = raw.tenant.get_ref();
         let tenant = tenants.iter().find(|t| t.name.as_str() == tenant_name);
         if tenant.is_none() {

@@ -12,9 +12,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::Failure;
 use crate::http::certs::{self, Certs, SniResolver};
-use crate::http::handler::{error_response, serve_app, ConnInfo, Shared};
+use crate::http::handler::{error_response, request_host, serve_app, ConnInfo, Shared};
 use crate::http::quic::QuicListener;
-use crate::http::router::normalize_host;
 use crate::http::tls::{ConnLimits, TlsListener};
 use crate::http::Handler;
 use crate::metrics::Metrics;
@@ -44,18 +43,7 @@ fn request_handler(live: Arc<Live>, shared: Arc<Shared>) -> Handler {
     Arc::new(move |req, conn: ConnInfo| {
         let (live, shared) = (live.clone(), shared.clone());
         Box::pin(async move {
-            let raw_host = req
-                .uri()
-                .host()
-                .map(str::to_string)
-                .or_else(|| {
-                    req.headers()
-                        .get(http::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .map(str::to_string)
-                })
-                .unwrap_or_default();
-            let host = normalize_host(&raw_host).unwrap_or_default();
+            let host = request_host(&req).unwrap_or_default();
             let state = live.state.load_full();
             let found = state.router.lookup(&host, req.uri().path());
             match found {

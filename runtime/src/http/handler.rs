@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::body::OutBody;
+use super::router::normalize_host;
 use crate::error::{Failure, Limit};
 use crate::metrics::Metrics;
 use crate::sandbox::cgi::CgiRequest;
@@ -63,18 +64,19 @@ pub fn error_response(failure: &Failure) -> Response<OutBody> {
     response
 }
 
+/// The request's host, normalized (lowercase, no port): from the URI's authority (HTTP/2,
+/// HTTP/3) or the Host header (HTTP/1.1).
+pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = req.uri().host().or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })?;
+    normalize_host(raw)
+}
+
 fn cgi_request<B>(req: &Request<B>, conn: &ConnInfo, script_name: &str) -> CgiRequest {
-    let host = req
-        .uri()
-        .host()
-        .map(str::to_string)
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name).to_string())
-        })
-        .unwrap_or_else(|| conn.local.ip().to_string());
+    let host = request_host(req).unwrap_or_else(|| conn.local.ip().to_string());
     let mut headers = Vec::with_capacity(req.headers().len() + 1);
     if let Some(authority) = req.uri().authority() {
         // HTTP/2 and HTTP/3 carry the host in :authority; guests expect HTTP_HOST.

@@ -189,42 +189,48 @@ fn write_block(view: &MemoryView, block: &EnvBlock, ptrs: u32, buf: u32) -> Resu
     Ok(())
 }
 
-fn args_get(mut env: Env, argv: i32, buf: i32) -> Result<i32, HostStop> {
-    with_memory!(env, |state, view| Ok(errno(write_block(
-        &view,
-        &state.args,
-        argv as u32,
-        buf as u32
-    ))))
+/// Which NUL-separated block a call reads.
+fn block_of(state: &HostState, args: bool) -> &EnvBlock {
+    if args {
+        &state.args
+    } else {
+        &state.env
+    }
 }
 
-fn args_sizes_get(mut env: Env, count: i32, size: i32) -> Result<i32, HostStop> {
-    with_memory!(env, |state, view| Ok(errno(
-        write_u32(&view, count as u32 as u64, state.args.count).and_then(|_| write_u32(
-            &view,
-            size as u32 as u64,
-            state.args.bytes.len() as u32
-        ))
-    )))
-}
-
-fn environ_get(mut env: Env, ptrs: i32, buf: i32) -> Result<i32, HostStop> {
+fn block_get(mut env: Env, args: bool, ptrs: i32, buf: i32) -> Result<i32, HostStop> {
     with_memory!(env, |state, view| Ok(errno(write_block(
         &view,
-        &state.env,
+        block_of(state, args),
         ptrs as u32,
         buf as u32
     ))))
 }
 
-fn environ_sizes_get(mut env: Env, count: i32, size: i32) -> Result<i32, HostStop> {
-    with_memory!(env, |state, view| Ok(errno(
-        write_u32(&view, count as u32 as u64, state.env.count).and_then(|_| write_u32(
-            &view,
-            size as u32 as u64,
-            state.env.bytes.len() as u32
+fn block_sizes_get(mut env: Env, args: bool, count: i32, size: i32) -> Result<i32, HostStop> {
+    with_memory!(env, |state, view| {
+        let block = block_of(state, args);
+        Ok(errno(
+            write_u32(&view, count as u32 as u64, block.count)
+                .and_then(|_| write_u32(&view, size as u32 as u64, block.bytes.len() as u32)),
         ))
-    )))
+    })
+}
+
+fn args_get(env: Env, argv: i32, buf: i32) -> Result<i32, HostStop> {
+    block_get(env, true, argv, buf)
+}
+
+fn args_sizes_get(env: Env, count: i32, size: i32) -> Result<i32, HostStop> {
+    block_sizes_get(env, true, count, size)
+}
+
+fn environ_get(env: Env, ptrs: i32, buf: i32) -> Result<i32, HostStop> {
+    block_get(env, false, ptrs, buf)
+}
+
+fn environ_sizes_get(env: Env, count: i32, size: i32) -> Result<i32, HostStop> {
+    block_sizes_get(env, false, count, size)
 }
 
 /// Monotonic time is measured from a process-wide origin, so it never goes backwards.
