@@ -45,6 +45,7 @@ struct TenantRuntime {
     admission: Arc<Semaphore>,
 }
 
+#[derive(Clone)]
 struct LoadedApp {
     app: Arc<App>,
     since: SystemTime,
@@ -190,20 +191,9 @@ pub fn build(config: Config, previous: &State, sandbox: &Sandbox) -> State {
                     }),
                 };
                 let entry = match (same, kept_or_new) {
-                    (Some(old), _) => LoadedApp {
-                        app: old.app.clone(),
-                        since: old.since,
-                        args: old.args.clone(),
-                        env: old.env.clone(),
-                        host: old.host,
-                    },
-                    (None, KeptOrNew::Kept(old)) => LoadedApp {
-                        app: old.app.clone(),
-                        since: old.since,
-                        args: old.args.clone(),
-                        env: old.env.clone(),
-                        host: old.host,
-                    },
+                    (Some(old), _) => old.clone(),
+                    // A kept version is always the previous one (`same` above).
+                    (None, KeptOrNew::Kept(old)) => old.clone(),
                     (None, KeptOrNew::New(app)) => {
                         tracing::info!(app = %name, tenant = %tenant, digest = %app.digest, source = app.source.label(), "app ready");
                         LoadedApp {

@@ -470,20 +470,13 @@ impl Sandbox {
         };
         let memory = instance.exports.get_memory("memory").ok().cloned();
         func_env.as_mut(&mut store).memory = memory.clone();
-        let (result, ran) = self.call_start(&mut store, &instance, &run);
+        let ran = self.call_start(&mut store, &instance, &run);
         let memory_peak = memory.as_ref().map_or(0, |m| m.view(&store).data_size());
         let state = func_env.as_mut(&mut store);
-        let failure = settle(&mut state.output, ran.failure, &run);
+        let failure = settle(&mut state.output, ran.failure.clone(), &run);
         let stderr = std::mem::take(&mut state.stderr);
         drop(store);
-        run.outcome(
-            failure,
-            result.exit_code,
-            ran.fuel_used,
-            memory_peak,
-            ran.instantiate,
-            stderr,
-        )
+        run.outcome(failure, &ran, memory_peak, stderr)
     }
 
     fn run_wasix(
@@ -528,7 +521,7 @@ impl Sandbox {
                 return run.failed_early(failure);
             }
         };
-        let (result, ran) = self.call_start(&mut store, &instance, &run);
+        let ran = self.call_start(&mut store, &instance, &run);
         wasi_env.on_exit(&mut store, None);
         let memory_peak = instance
             .exports
@@ -539,21 +532,14 @@ impl Sandbox {
             return run.failed_early(Failure::Internal("stdio lock poisoned".into()));
         };
         let stdio = &mut *stdio;
-        let failure = stdio.failure.take().or(ran.failure);
+        let failure = stdio.failure.take().or(ran.failure.clone());
         let failure = settle(&mut stdio.output, failure, &run);
         let stderr = std::mem::take(&mut stdio.stderr);
-        run.outcome(
-            failure,
-            result.exit_code,
-            ran.fuel_used,
-            memory_peak,
-            ran.instantiate,
-            stderr,
-        )
+        run.outcome(failure, &ran, memory_peak, stderr)
     }
 
     /// Give the instance its fuel, run `_start` under the watchdog, and say what happened.
-    fn call_start(&self, store: &mut Store, instance: &Instance, run: &Run<'_>) -> (Exit, Ran) {
+    fn call_start(&self, store: &mut Store, instance: &Instance, run: &Run<'_>) -> Ran {
         let fuel = run.envelope.limits.fuel;
         metering::set_fuel(store, instance, fuel);
         let instantiate = run.started.elapsed();
@@ -566,30 +552,30 @@ impl Sandbox {
         drop(guard);
         let grow_denied = memory::take_grow_denied();
         let (fuel_left, fuel_exhausted) = metering::fuel_left(store, instance);
-        let mut exit = Exit { exit_code: None };
+        let mut exit_code = None;
         let failure = match result {
             Ok(()) => None,
             Err(e) => match e.downcast_ref::<HostStop>() {
                 Some(HostStop::Exit(code)) => {
-                    exit.exit_code = Some(*code);
+                    exit_code = Some(*code);
                     None
                 }
                 Some(HostStop::Fail(f)) => Some(f.clone()),
                 None => match wasix::exit_code(&e) {
                     Some(code) => {
-                        exit.exit_code = Some(code);
+                        exit_code = Some(code);
                         None
                     }
                     None => Some(trap_failure(e, fuel_exhausted, timed_out, grow_denied)),
                 },
             },
         };
-        let ran = Ran {
+        Ran {
             failure,
+            exit_code,
             fuel_used: fuel.saturating_sub(fuel_left),
             instantiate,
-        };
-        (exit, ran)
+        }
     }
 
     pub fn idle_memories(&self) -> usize {
@@ -605,43 +591,40 @@ struct Run<'a> {
     envelope: &'a Envelope,
 }
 
-struct Exit {
-    exit_code: Option<i32>,
-}
-
+/// What running `_start` did.
 struct Ran {
     failure: Option<Failure>,
+    exit_code: Option<i32>,
     fuel_used: u64,
     instantiate: Duration,
 }
 
 impl Run<'_> {
     fn failed_early(&self, failure: Failure) -> Outcome {
-        self.outcome(
-            Some(failure),
-            None,
-            0,
-            0,
-            self.started.elapsed(),
-            StderrBuf::new(0),
-        )
+        Outcome {
+            failure: Some(failure),
+            exit_code: None,
+            fuel_used: 0,
+            memory_peak: 0,
+            instantiate: self.started.elapsed(),
+            total: self.started.elapsed(),
+            stderr: StderrBuf::new(0),
+        }
     }
 
     fn outcome(
         &self,
         failure: Option<Failure>,
-        exit_code: Option<i32>,
-        fuel_used: u64,
+        ran: &Ran,
         memory_peak: u64,
-        instantiate: Duration,
         stderr: StderrBuf,
     ) -> Outcome {
         Outcome {
             failure,
-            exit_code,
-            fuel_used,
+            exit_code: ran.exit_code,
+            fuel_used: ran.fuel_used,
             memory_peak,
-            instantiate,
+            instantiate: ran.instantiate,
             total: self.started.elapsed(),
             stderr,
         }
