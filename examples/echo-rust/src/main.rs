@@ -14,7 +14,7 @@ fn main() -> io::Result<()> {
         .find_map(|kv| kv.strip_prefix("status="))
         .unwrap_or("200");
     let stdout = io::stdout();
-    let mut out = io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let mut out = io::BufWriter::new(stdout.lock());
     write!(out, "Status: {status}\r\n")?;
     if path == "/meta" {
         write!(out, "Content-Type: text/plain\r\n\r\n")?;
@@ -35,15 +35,6 @@ fn main() -> io::Result<()> {
     }
     write!(out, "Content-Type: application/octet-stream\r\n")?;
     write!(out, "X-Echo-Method: {method}\r\nX-Echo-Path: {path}\r\nX-Echo-Query: {query}\r\n\r\n")?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let stdin = io::stdin();
-    let mut input = stdin.lock();
-    loop {
-        let n = input.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n])?;
-    }
+    io::copy(&mut io::stdin().lock(), &mut out)?;
     out.flush()
 }
