@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -214,24 +214,6 @@ where
     let input = feed_body(req.into_body(), limits.request_body);
     let active = shared.metrics.active.with_label_values(&[tenant]);
     active.inc();
-    let (start_rx, outcome_rx) = shared.sandbox.dispatch(
-        target.app.clone(),
-        target.envelope.clone(),
-        GuestRequest { cgi, input },
-        tokio::runtime::Handle::current(),
-    );
-    let start = start_rx
-        .await
-        .unwrap_or_else(|_| Err(Failure::Internal("the worker dropped the request".into())));
-    let (response, status) = match start {
-        Ok(started) => {
-            let mut response = Response::new(OutBody::streaming(started.first, started.rest));
-            *response.status_mut() = started.head.status;
-            *response.headers_mut() = started.head.headers;
-            (response, started.head.status)
-        }
-        Err(failure) => (error_response(&failure), failure.status()),
-    };
     let metrics = shared.metrics.clone();
     let (tenant, app, digest, protocol) = (
         target.tenant.clone(),
@@ -239,15 +221,29 @@ where
         target.app.digest.clone(),
         conn.protocol,
     );
-    tokio::spawn(async move {
-        let outcome = outcome_rx.await;
-        drop(permit);
-        active.dec();
-        if let Ok(outcome) = outcome {
-            log_outcome(&metrics, &tenant, &app, &digest, protocol, status, &outcome);
+    let start_rx = shared.sandbox.dispatch(
+        target.app.clone(),
+        target.envelope.clone(),
+        GuestRequest { cgi, input },
+        tokio::runtime::Handle::current(),
+        move |outcome| {
+            drop(permit);
+            active.dec();
+            log_outcome(&metrics, &tenant, &app, &digest, protocol, &outcome);
+        },
+    );
+    let start = start_rx
+        .await
+        .unwrap_or_else(|_| Err(Failure::Internal("the worker dropped the request".into())));
+    match start {
+        Ok(started) => {
+            let mut response = Response::new(OutBody::streaming(started.first, started.rest));
+            *response.status_mut() = started.head.status;
+            *response.headers_mut() = started.head.headers;
+            response
         }
-    });
-    response
+        Err(failure) => error_response(&failure),
+    }
 }
 
 fn log_outcome(
@@ -256,9 +252,9 @@ fn log_outcome(
     app: &str,
     digest: &str,
     protocol: &str,
-    status: StatusCode,
     outcome: &Outcome,
 ) {
+    let status = outcome.status;
     metrics
         .requests
         .with_label_values(&[tenant, app, protocol, status.as_str()])

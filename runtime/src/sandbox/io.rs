@@ -152,6 +152,8 @@ pub struct GuestOutput {
     body_bytes: u64,
     body_cap: u64,
     never_wait: bool,
+    /// The status the client was sent (the guest's, or a failure's).
+    status: Option<http::StatusCode>,
 }
 
 impl GuestOutput {
@@ -166,6 +168,7 @@ impl GuestOutput {
             body_bytes: 0,
             body_cap,
             never_wait: false,
+            status: None,
         };
         (out, start_rx)
     }
@@ -275,6 +278,11 @@ impl GuestOutput {
         }
     }
 
+    /// The status sent to the client, once the response started or failed.
+    pub fn status(&self) -> Option<http::StatusCode> {
+        self.status
+    }
+
     /// Never wait for the client inside `write`: for hosts that call in from their own
     /// executor (wasmer-wasix), where blocking on the async runtime is not allowed.
     pub fn set_never_wait(&mut self, never_wait: bool) {
@@ -287,6 +295,10 @@ impl GuestOutput {
     }
 
     fn start(&mut self, started: Result<Started, Failure>) -> Result<(), HostStop> {
+        self.status = Some(match &started {
+            Ok(s) => s.head.status,
+            Err(f) => f.status(),
+        });
         match self.start_tx.take() {
             Some(tx) => tx.send(started).map_err(|_| Failure::ClientGone.into()),
             None => Ok(()),

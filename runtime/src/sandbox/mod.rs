@@ -169,6 +169,8 @@ pub struct Request {
 #[derive(Debug)]
 pub struct Outcome {
     pub failure: Option<Failure>,
+    /// The status the client was sent.
+    pub status: http::StatusCode,
     pub exit_code: Option<i32>,
     pub fuel_used: u64,
     pub memory_peak: u64,
@@ -383,30 +385,27 @@ impl Sandbox {
         Ok(module)
     }
 
-    /// Run one request on a worker. The first receiver yields the response start (or the
-    /// failure that replaces it); the second the outcome once the guest is gone.
+    /// Run one request on a worker. The receiver yields the response start (or the failure
+    /// that replaces it); `on_done` runs on the worker once the guest is gone, with what
+    /// happened (its log line and metrics belong there, off the async threads).
     pub fn dispatch(
         self: &Arc<Self>,
         app: Arc<App>,
         envelope: Arc<Envelope>,
         request: Request,
         handle: Handle,
-    ) -> (
-        oneshot::Receiver<Result<Started, Failure>>,
-        oneshot::Receiver<Outcome>,
-    ) {
+        on_done: impl FnOnce(Outcome) + Send + 'static,
+    ) -> oneshot::Receiver<Result<Started, Failure>> {
         let (output, start_rx) = GuestOutput::new(envelope.limits.response_body);
-        let (outcome_tx, outcome_rx) = oneshot::channel();
         let sandbox = self.clone();
         let queued = Instant::now();
         let submitted = self.workers.submit(move || {
-            let outcome = sandbox.run_here(&app, &envelope, request, output, handle, queued);
-            let _ = outcome_tx.send(outcome);
+            on_done(sandbox.run_here(&app, &envelope, request, output, handle, queued));
         });
         if !submitted {
             tracing::error!("worker pool is shut down");
         }
-        (start_rx, outcome_rx)
+        start_rx
     }
 
     /// Run one request on the calling thread (which must not be an async runtime thread).
@@ -474,9 +473,10 @@ impl Sandbox {
         let memory_peak = memory.as_ref().map_or(0, |m| m.view(&store).data_size());
         let state = func_env.as_mut(&mut store);
         let failure = settle(&mut state.output, ran.failure.clone(), &run);
+        let status = state.output.status();
         let stderr = std::mem::take(&mut state.stderr);
         drop(store);
-        run.outcome(failure, &ran, memory_peak, stderr)
+        run.outcome(failure, status, &ran, memory_peak, stderr)
     }
 
     fn run_wasix(
@@ -534,8 +534,9 @@ impl Sandbox {
         let stdio = &mut *stdio;
         let failure = stdio.failure.take().or(ran.failure.clone());
         let failure = settle(&mut stdio.output, failure, &run);
+        let status = stdio.output.status();
         let stderr = std::mem::take(&mut stdio.stderr);
-        run.outcome(failure, &ran, memory_peak, stderr)
+        run.outcome(failure, status, &ran, memory_peak, stderr)
     }
 
     /// Give the instance its fuel, run `_start` under the watchdog, and say what happened.
@@ -602,6 +603,7 @@ struct Ran {
 impl Run<'_> {
     fn failed_early(&self, failure: Failure) -> Outcome {
         Outcome {
+            status: failure.status(),
             failure: Some(failure),
             exit_code: None,
             fuel_used: 0,
@@ -615,11 +617,16 @@ impl Run<'_> {
     fn outcome(
         &self,
         failure: Option<Failure>,
+        status: Option<http::StatusCode>,
         ran: &Ran,
         memory_peak: u64,
         stderr: StderrBuf,
     ) -> Outcome {
+        let fallback = failure
+            .as_ref()
+            .map_or(http::StatusCode::INTERNAL_SERVER_ERROR, Failure::status);
         Outcome {
+            status: status.unwrap_or(fallback),
             failure,
             exit_code: ran.exit_code,
             fuel_used: ran.fuel_used,

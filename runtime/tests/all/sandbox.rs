@@ -60,11 +60,15 @@ impl Harness {
             },
             input: GuestInput::fixed(Bytes::from_static(body)),
         };
-        let (start, outcome) = self.sandbox.dispatch(
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let start = self.sandbox.dispatch(
             app.clone(),
             envelope.clone(),
             request,
             self.rt.handle().clone(),
+            move |outcome| {
+                let _ = done_tx.send(outcome);
+            },
         );
         self.rt.block_on(async move {
             let started = start.await.expect("start")?;
@@ -74,7 +78,7 @@ impl Harness {
                     bytes.extend_from_slice(&chunk?);
                 }
             }
-            let _ = outcome.await;
+            let _ = done_rx.await;
             Ok((started.head.status.as_u16(), bytes))
         })
     }
