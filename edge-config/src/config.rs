@@ -238,14 +238,26 @@ impl<'a> Loader<'a> {
         value: &Spanned<DeValue<'_>>,
         section: &str,
     ) -> Option<T> {
-        let owned = value.clone();
-        match T::deserialize(owned.into_deserializer()) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let span = e.span().unwrap_or_else(|| value.span());
-                let message = e.message().trim().to_string();
-                self.serde_error(span, &message, section);
-                None
+        // Every unknown key is reported: each one found is dropped from a copy and the
+        // section read again. Any other error ends the section's reading.
+        let mut owned = value.clone();
+        loop {
+            match T::deserialize(owned.clone().into_deserializer()) {
+                // The section parsed only without its unknown keys: still an error.
+                Ok(v) => return (owned_is_original(&owned, value)).then_some(v),
+                Err(e) => {
+                    let span = e.span().unwrap_or_else(|| value.span());
+                    let message = e.message().trim().to_string();
+                    self.serde_error(span.clone(), &message, section);
+                    let unknown = message
+                        .strip_prefix("unknown field `")
+                        .and_then(|rest| rest.split('`').next())
+                        .map(str::to_string);
+                    match unknown {
+                        Some(key) if remove_key_at(&mut owned, &key, &span) => continue,
+                        _ => return None,
+                    }
+                }
             }
         }
     }
@@ -537,6 +549,35 @@ fn a_type(v: &toml::Value) -> &'static str {
         toml::Value::Table(_) => "a table",
         toml::Value::Datetime(_) => "a date-time",
         toml::Value::String(_) => "a string",
+    }
+}
+
+/// Whether no key was dropped from the copy (same span and same number of keys).
+fn owned_is_original(owned: &Spanned<DeValue<'_>>, original: &Spanned<DeValue<'_>>) -> bool {
+    fn count(v: &DeValue<'_>) -> usize {
+        match v {
+            DeValue::Table(t) => t.len() + t.iter().map(|(_, v)| count(v.get_ref())).sum::<usize>(),
+            DeValue::Array(a) => a.iter().map(|v| count(v.get_ref())).sum(),
+            _ => 0,
+        }
+    }
+    count(owned.get_ref()) == count(original.get_ref())
+}
+
+/// Drop the key `name` whose key span is `span`, wherever it sits in `value`.
+fn remove_key_at(value: &mut Spanned<DeValue<'_>>, name: &str, span: &Range<usize>) -> bool {
+    match value.get_mut() {
+        DeValue::Table(table) => {
+            if table
+                .iter()
+                .any(|(k, _)| k.get_ref().as_ref() == name && k.span() == *span)
+            {
+                return table.remove(name).is_some();
+            }
+            table.iter_mut().any(|(_, v)| remove_key_at(v, name, span))
+        }
+        DeValue::Array(items) => items.iter_mut().any(|v| remove_key_at(v, name, span)),
+        _ => false,
     }
 }
 
