@@ -30,6 +30,18 @@ const ZERO_IN_PLACE_MAX: usize = 16 << 20;
 /// Wasm stack for each call into a guest; deep recursion past it traps as a stack overflow.
 const GUEST_STACK_BYTES: usize = 1 << 20;
 
+/// Whether the system has swap: decides if non-resident pages can hold old data. Read once;
+/// swap turned on later is not seen, so operators enabling swap restart the node.
+fn swap_active() -> bool {
+    static SWAP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SWAP.get_or_init(|| {
+        std::fs::read_to_string("/proc/swaps")
+            // The first line is a header; any further line is an active swap area.
+            .map(|s| s.lines().skip(1).any(|l| !l.trim().is_empty()))
+            .unwrap_or(true)
+    })
+}
+
 /// Every guest memory is a static 4 GiB heap plus wasmer's offset guard, so compiled code can
 /// elide bounds checks; the reservation costs address space only.
 fn reservation_bytes() -> usize {
@@ -148,7 +160,9 @@ impl Slot {
             if is_resident {
                 // SAFETY: the run is accessible (read-write) memory that no instance uses now.
                 unsafe { std::ptr::write_bytes(self.base.as_ptr().add(off), 0, run) };
-            } else {
+            } else if swap_active() {
+                // Without swap a non-resident private page was never written and reads as
+                // zero; with swap it may be a swapped-out dirty page and must be dropped.
                 self.discard(off, run);
             }
         }
