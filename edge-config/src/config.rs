@@ -674,13 +674,13 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
     let raw_registry: RawRegistry = table(&mut l, "registry")
         .and_then(|v| l.read(v, "registry"))
         .unwrap_or_default();
-    let raw_tenants: Vec<(Range<usize>, RawTenant)> = array(&mut l, "tenant")
+    let raw_tenants: Vec<RawTenant> = array(&mut l, "tenant")
         .into_iter()
-        .filter_map(|v| l.read(v, "tenant").map(|t| (v.span(), t)))
+        .filter_map(|v| l.read(v, "tenant"))
         .collect();
-    let raw_apps: Vec<(Range<usize>, RawApp)> = array(&mut l, "app")
+    let raw_apps: Vec<RawApp> = array(&mut l, "app")
         .into_iter()
-        .filter_map(|v| l.read(v, "app").map(|a| (v.span(), a)))
+        .filter_map(|v| l.read(v, "app"))
         .collect();
     let raw_routes: Vec<(Range<usize>, RawRoute)> = array(&mut l, "route")
         .into_iter()
@@ -866,7 +866,7 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
     // [[tenant]]
     let mut tenants = Vec::new();
     let mut tenant_seen: HashMap<String, Range<usize>> = HashMap::new();
-    for (entry_span, raw) in &raw_tenants {
+    for raw in &raw_tenants {
         let Some(name) = l.unique_name(&raw.name, "tenant", &mut tenant_seen) else {
             continue;
         };
@@ -891,7 +891,6 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
                 key: l.path(c.key.get_ref()),
             })
             .collect();
-        let _ = entry_span;
         tenants.push(Tenant {
             name,
             keys,
@@ -905,7 +904,7 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
     // [[app]]
     let mut apps = Vec::new();
     let mut app_seen: HashMap<String, Range<usize>> = HashMap::new();
-    for (_, raw) in &raw_apps {
+    for raw in &raw_apps {
         let Some(name) = l.unique_name(&raw.name, "app", &mut app_seen) else {
             continue;
         };
