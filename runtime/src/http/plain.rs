@@ -16,6 +16,27 @@ use super::Handler;
 /// Default time a client has to send a complete request head (slowloris protection).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The next connection, or `None` once `shutdown` turns true. Accept errors (out of file
+/// descriptors, for one) are logged and retried after a pause, never fatal.
+pub async fn accept_until(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => return None,
+        };
+        match accepted {
+            Ok(accepted) => return Some(accepted),
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Accept connections until `shutdown` turns true, then wait (up to `drain`) for open
 /// connections to finish their requests.
 pub async fn serve(
@@ -26,19 +47,7 @@ pub async fn serve(
     drain: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        };
-        let (stream, remote) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, remote)) = accept_until(&listener, &mut shutdown).await {
         let Ok(local) = stream.local_addr() else {
             continue;
         };

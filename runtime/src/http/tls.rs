@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::body::InBody;
 use super::handler::{ConnInfo, ServiceResult};
+use super::plain::accept_until;
 use super::{protocol_of, Handler};
 use crate::metrics::Metrics;
 
@@ -56,19 +57,7 @@ impl TlsListener {
             .keep_alive_interval(Some(self.limits.idle_timeout / 2))
             .keep_alive_timeout(self.limits.header_timeout);
         let builder = Arc::new(builder);
-        loop {
-            let accepted = tokio::select! {
-                accepted = self.listener.accept() => accepted,
-                _ = shutdown.wait_for(|stop| *stop) => break,
-            };
-            let (stream, remote) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        while let Some((stream, remote)) = accept_until(&self.listener, &mut shutdown).await {
             let Ok(permit) = self.limits.connections.clone().try_acquire_owned() else {
                 self.metrics.connections_refused.inc();
                 continue;
