@@ -469,6 +469,29 @@ impl<'a> Loader<'a> {
         out
     }
 
+    /// Read a `[name]` section (absent: defaults; not a table, or invalid: reported, defaults).
+    fn section<T: for<'de> Deserialize<'de> + Default>(
+        &mut self,
+        sections: &HashMap<&str, &Spanned<DeValue<'_>>>,
+        name: &str,
+    ) -> T {
+        let Some(v) = sections.get(name).copied() else {
+            return T::default();
+        };
+        if !v.get_ref().is_table() {
+            self.sink.error_help(
+                v.span(),
+                format!(
+                    "`{name}` must be a table, found a {}",
+                    v.get_ref().type_str()
+                ),
+                format!("write it as a section: [{name}]"),
+            );
+            return T::default();
+        }
+        self.read(v, name).unwrap_or_default()
+    }
+
     /// A valid name not defined before in this file; otherwise report why and give `None`.
     fn unique_name(
         &mut self,
@@ -620,22 +643,6 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
             }
         }
     }
-    let table = |l: &mut Loader<'_>, name: &str| -> Option<&Spanned<DeValue<'_>>> {
-        let v = sections.get(name).copied()?;
-        if v.get_ref().is_table() {
-            Some(v)
-        } else {
-            l.sink.error_help(
-                v.span(),
-                format!(
-                    "`{name}` must be a table, found a {}",
-                    v.get_ref().type_str()
-                ),
-                format!("write it as a section: [{name}]"),
-            );
-            None
-        }
-    };
     let array = |l: &mut Loader<'_>, name: &str| -> Vec<&Spanned<DeValue<'_>>> {
         let Some(v) = sections.get(name).copied() else {
             return Vec::new();
@@ -656,24 +663,12 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
         }
     };
 
-    let raw_node: RawNode = table(&mut l, "node")
-        .and_then(|v| l.read(v, "node"))
-        .unwrap_or_default();
-    let raw_listen: RawListen = table(&mut l, "listen")
-        .and_then(|v| l.read(v, "listen"))
-        .unwrap_or_default();
-    let raw_tls: RawTls = table(&mut l, "tls")
-        .and_then(|v| l.read(v, "tls"))
-        .unwrap_or_default();
-    let raw_limits: RawLimits = table(&mut l, "limits")
-        .and_then(|v| l.read(v, "limits"))
-        .unwrap_or_default();
-    let raw_caps: RawLimits = table(&mut l, "caps")
-        .and_then(|v| l.read(v, "caps"))
-        .unwrap_or_default();
-    let raw_registry: RawRegistry = table(&mut l, "registry")
-        .and_then(|v| l.read(v, "registry"))
-        .unwrap_or_default();
+    let raw_node: RawNode = l.section(&sections, "node");
+    let raw_listen: RawListen = l.section(&sections, "listen");
+    let raw_tls: RawTls = l.section(&sections, "tls");
+    let raw_limits: RawLimits = l.section(&sections, "limits");
+    let raw_caps: RawLimits = l.section(&sections, "caps");
+    let raw_registry: RawRegistry = l.section(&sections, "registry");
     let raw_tenants: Vec<RawTenant> = array(&mut l, "tenant")
         .into_iter()
         .filter_map(|v| l.read(v, "tenant"))

@@ -48,6 +48,7 @@ struct TenantRuntime {
 #[derive(Clone)]
 struct LoadedApp {
     app: Arc<App>,
+    tenant: String,
     since: SystemTime,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -108,15 +109,6 @@ enum KeptOrNew<'a> {
     New(App),
 }
 
-fn previous_tenant<'a>(previous: &'a State, app: &str) -> Option<&'a str> {
-    previous
-        .config
-        .apps
-        .iter()
-        .find(|a| a.name.as_str() == app)
-        .map(|a| a.tenant.as_str())
-}
-
 /// Build the next state from a validated config, reusing what did not change (tenant
 /// semaphores, loaded apps whose module and settings are the same). Blocking: compiles.
 pub fn build(config: Config, previous: &State, sandbox: &Sandbox) -> State {
@@ -171,7 +163,7 @@ pub fn build(config: Config, previous: &State, sandbox: &Sandbox) -> State {
         };
         // A version that fails to load never replaces one that serves.
         let result = match (result, previous.loaded.get(&name)) {
-            (Err(e), Some(old)) if previous_tenant(previous, &name) == Some(tenant.as_str()) => {
+            (Err(e), Some(old)) if old.tenant == tenant => {
                 tracing::error!(app = %name, error = %e, "new version refused; the last good version keeps serving");
                 status.last_error = Some(e);
                 Ok(KeptOrNew::Kept(old))
@@ -185,6 +177,7 @@ pub fn build(config: Config, previous: &State, sandbox: &Sandbox) -> State {
                     KeptOrNew::Kept(old) => Some(*old),
                     KeptOrNew::New(app) => previous.loaded.get(&name).filter(|old| {
                         old.app.digest == app.digest
+                            && old.tenant == tenant
                             && old.args == a.args
                             && old.env == env
                             && old.host == a.host
@@ -198,6 +191,7 @@ pub fn build(config: Config, previous: &State, sandbox: &Sandbox) -> State {
                         tracing::info!(app = %name, tenant = %tenant, digest = %app.digest, source = app.source.label(), "app ready");
                         LoadedApp {
                             app: Arc::new(app),
+                            tenant: tenant.clone(),
                             since: SystemTime::now(),
                             args: a.args.clone(),
                             env: env.clone(),
