@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
@@ -85,12 +85,49 @@ impl Body for OutBody {
     }
 }
 
-/// A request body from any listener: hyper's (HTTP/1.1, HTTP/2) or chunks from an HTTP/3
-/// stream.
+/// The receiving half of an HTTP/3 request stream.
+pub type H3Recv = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
+
+/// A request body from any listener: hyper's (HTTP/1.1, HTTP/2) or an HTTP/3 stream's data,
+/// read where it is consumed (no task in between).
 pub enum InBody {
     Hyper(hyper::body::Incoming),
-    Chunks(mpsc::Receiver<Result<Bytes, Failure>>),
+    H3 {
+        /// What was read while checking whether the request has a body.
+        first: Option<Result<Bytes, Failure>>,
+        stream: Box<H3Recv>,
+    },
     Empty,
+}
+
+impl InBody {
+    /// The body of an HTTP/3 request: polls the stream once, so a request whose stream already
+    /// ended (a GET, usually) gets an empty body and nobody waits on it.
+    pub async fn h3(mut stream: H3Recv) -> InBody {
+        let polled = std::future::poll_fn(|cx| Poll::Ready(poll_h3(&mut stream, cx))).await;
+        match polled {
+            Poll::Ready(None) => InBody::Empty,
+            Poll::Ready(first) => InBody::H3 {
+                first,
+                stream: Box::new(stream),
+            },
+            Poll::Pending => InBody::H3 {
+                first: None,
+                stream: Box::new(stream),
+            },
+        }
+    }
+}
+
+fn poll_h3(stream: &mut H3Recv, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Failure>>> {
+    match stream.poll_recv_data(cx) {
+        Poll::Ready(Ok(Some(mut chunk))) => {
+            Poll::Ready(Some(Ok(chunk.copy_to_bytes(chunk.remaining()))))
+        }
+        Poll::Ready(Ok(None)) => Poll::Ready(None),
+        Poll::Ready(Err(_)) => Poll::Ready(Some(Err(Failure::ClientGone))),
+        Poll::Pending => Poll::Pending,
+    }
 }
 
 impl Body for InBody {
@@ -108,12 +145,12 @@ impl Body for InBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
-            InBody::Chunks(rx) => match rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
-                Poll::Ready(Some(Err(f))) => Poll::Ready(Some(Err(f))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+            InBody::H3 { first, stream } => {
+                if let Some(read) = first.take() {
+                    return Poll::Ready(Some(read.map(Frame::data)));
+                }
+                poll_h3(stream, cx).map(|polled| polled.map(|chunk| chunk.map(Frame::data)))
+            }
             InBody::Empty => Poll::Ready(None),
         }
     }
@@ -121,7 +158,7 @@ impl Body for InBody {
     fn is_end_stream(&self) -> bool {
         match self {
             InBody::Hyper(incoming) => incoming.is_end_stream(),
-            InBody::Chunks(_) => false,
+            InBody::H3 { .. } => false,
             InBody::Empty => true,
         }
     }

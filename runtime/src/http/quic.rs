@@ -6,15 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http_body_util::BodyExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::body::InBody;
 use super::handler::ConnInfo;
 use super::tls::ConnLimits;
 use super::Handler;
-use crate::error::Failure;
 use crate::metrics::Metrics;
 
 pub struct QuicListener {
@@ -43,7 +42,7 @@ pub fn endpoint(
 
 impl QuicListener {
     pub async fn serve(self, mut shutdown: watch::Receiver<bool>, drain: Duration) {
-        let mut connections = tokio::task::JoinSet::new();
+        let mut connections = Tasks::default();
         loop {
             let incoming = tokio::select! {
                 incoming = self.endpoint.accept() => incoming,
@@ -90,10 +89,7 @@ impl QuicListener {
             });
         }
         // Stop accepting; let open connections finish their requests.
-        let finished = tokio::time::timeout(drain, async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await;
+        let finished = tokio::time::timeout(drain, connections.finish()).await;
         if finished.is_err() {
             tracing::warn!("QUIC connections still open after {drain:?}; closing them");
         }
@@ -118,7 +114,7 @@ async fn serve_connection(
             return;
         }
     };
-    let mut requests = tokio::task::JoinSet::new();
+    let mut requests = Tasks::default();
     loop {
         let stopping = async {
             let _ = stop.wait_for(|s| *s).await;
@@ -148,39 +144,47 @@ async fn serve_connection(
             }
         }
     }
-    while requests.join_next().await.is_some() {}
+    requests.finish().await;
 }
 
-async fn serve_request<S>(
+/// Tasks that must finish before their owner does (a connection's requests, a listener's
+/// connections). Finished tasks are dropped as new ones start, so a long-lived owner holds only
+/// what is still running, not everything it ever ran.
+#[derive(Default)]
+pub struct Tasks {
+    set: tokio::task::JoinSet<()>,
+}
+
+impl Tasks {
+    pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        while self.set.try_join_next().is_some() {}
+        self.set.spawn(task);
+    }
+
+    /// Tasks held: running ones, and any that finished since the last spawn.
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// Wait until every task has finished.
+    pub async fn finish(&mut self) {
+        while self.set.join_next().await.is_some() {}
+    }
+}
+
+async fn serve_request(
     req: http::Request<()>,
-    stream: h3::server::RequestStream<S, Bytes>,
+    stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
     handler: Handler,
     info: ConnInfo,
-) where
-    S: h3::quic::BidiStream<Bytes> + Send + 'static,
-    S::SendStream: Send,
-    S::RecvStream: Send + 'static,
-{
-    let (mut send, mut recv) = stream.split();
-    let (tx, rx) = mpsc::channel(8);
-    tokio::spawn(async move {
-        loop {
-            match recv.recv_data().await {
-                Ok(Some(mut chunk)) => {
-                    let bytes = chunk.copy_to_bytes(chunk.remaining());
-                    if tx.send(Ok(bytes)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(_) => {
-                    let _ = tx.send(Err(Failure::ClientGone)).await;
-                    return;
-                }
-            }
-        }
-    });
-    let response = handler(req.map(|()| InBody::Chunks(rx)), info).await;
+) {
+    let (mut send, recv) = stream.split();
+    let body = InBody::h3(recv).await;
+    let response = handler(req.map(|()| body), info).await;
     let (parts, mut body) = response.into_parts();
     if send
         .send_response(http::Response::from_parts(parts, ()))
@@ -207,4 +211,35 @@ async fn serve_request<S>(
         }
     }
     let _ = send.finish().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tasks;
+
+    #[test]
+    fn finished_tasks_are_not_held() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mut tasks = Tasks::default();
+            for _ in 0..10_000 {
+                tasks.spawn(async {});
+                tokio::task::yield_now().await;
+            }
+            assert!(tasks.len() <= 2, "{} tasks held", tasks.len());
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            tasks.spawn(async move {
+                let _ = rx.await;
+            });
+            tasks.spawn(async {});
+            tokio::task::yield_now().await;
+            tasks.spawn(async {});
+            assert_eq!(tasks.len(), 2, "the running task and the newest one");
+            drop(tx);
+            tasks.finish().await;
+            assert!(tasks.is_empty());
+        });
+    }
 }

@@ -144,11 +144,15 @@ struct Edge {
 
 impl Edge {
     fn start(tag: &str) -> Self {
+        Self::start_env(tag, &[])
+    }
+
+    fn start_env(tag: &str, envs: &[(&str, &str)]) -> Self {
         let dir = TempDir::new(tag);
         let pki = make_pki(&dir.0);
         let cfg = dir.path("node.toml");
         std::fs::write(&cfg, node_config(&dir)).expect("config");
-        let node = Daemon::serve_with(&cfg, &["https", "http3", "admin"]);
+        let node = Daemon::serve_env(&cfg, &["https", "http3", "admin"], envs);
         Self { node, pki, dir }
     }
 
@@ -185,6 +189,17 @@ impl Edge {
         method: &str,
         data: Option<&Path>,
     ) -> (serde_json::Value, Vec<u8>) {
+        self.h3_with(host, path, method, data, &[])
+    }
+
+    fn h3_with(
+        &self,
+        host: &str,
+        path: &str,
+        method: &str,
+        data: Option<&Path>,
+        extra: &[&str],
+    ) -> (serde_json::Value, Vec<u8>) {
         let out = self.dir.path(&format!("h3-{}.out", unique()));
         let mut cmd = Command::new("python3");
         cmd.arg(repo_root().join("runtime/tests/clients/h3_client.py"))
@@ -198,6 +213,7 @@ impl Edge {
         if let Some(data) = data {
             cmd.arg("--data-file").arg(data);
         }
+        cmd.args(extra);
         let result = cmd
             .output()
             .expect("python3 with aioquic (scripts/test installs it)");
@@ -264,6 +280,34 @@ fn each_tenant_is_served_with_its_certificate_over_tcp_and_quic() {
     assert!(
         body == payload,
         "the 5 MiB body came back different over HTTP/3"
+    );
+}
+
+#[test]
+fn one_quic_connection_serves_thousands_of_requests_in_steady_memory() {
+    let edge = Edge::start("edge-h3-many");
+    let many = |count: usize| {
+        let count_arg = count.to_string();
+        let (reply, body) = edge.h3_with(
+            "www.globex.test",
+            "/",
+            "GET",
+            None,
+            &["--repeat", &count_arg, "--parallel", "8"],
+        );
+        assert_eq!(reply["statuses"]["200"], count, "{reply}");
+        assert_eq!(body, b"Hello from outpost!\n");
+    };
+    // Warm up, then serve many more on one connection: what a finished request held must be
+    // freed then, not when the connection ends (a request task kept until then costs 4.5 KiB
+    // in a release build, about 600 bytes in this debug one: 20,000 of them show as 12 MiB).
+    many(1000);
+    let (_, rss_before) = edge.node.threads_and_rss();
+    many(20_000);
+    let (_, rss_after) = edge.node.threads_and_rss();
+    assert!(
+        rss_after < rss_before + 4 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB over 20,000 requests on one connection"
     );
 }
 

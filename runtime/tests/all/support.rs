@@ -168,8 +168,16 @@ impl Daemon {
     /// `outpost serve --config CONFIG`, waiting until the named listeners ("http", "https",
     /// "http3", "admin") are up.
     pub fn serve_with(config: &Path, listeners: &[&str]) -> Self {
+        Self::serve_env(config, listeners, &[])
+    }
+
+    /// `serve_with`, with extra environment variables.
+    pub fn serve_env(config: &Path, listeners: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
         cmd.arg("serve").arg("--config").arg(config);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
         Self::start(cmd, listeners)
     }
 

@@ -2,10 +2,12 @@
 """An independent HTTP/3 client for outpost's tests, built on aioquic.
 
     h3_client.py --connect 127.0.0.1:PORT --url https://HOST/PATH --cacert CA.pem
-                 [--method POST] [--data-file FILE] [--out FILE]
+                 [--method POST] [--data-file FILE] [--out FILE] [--repeat N --parallel P]
 
 Prints one JSON line: {"status": N, "headers": [[name, value], ...], "bytes": N}; the body
-goes to --out. Exits non-zero if the request fails or the certificate does not verify.
+goes to --out. With --repeat, sends N requests over the one connection, P at a time, and also
+prints "statuses": {"200": count, ...} (status, headers and body are the last request's).
+Exits non-zero if a request fails or the certificate does not verify.
 """
 import argparse
 import asyncio
@@ -63,8 +65,22 @@ async def main(args):
     path = url.path or "/"
     if url.query:
         path += "?" + url.query
+    statuses = {}
     async with connect(host.strip("[]"), int(port), configuration=config, create_protocol=Client) as client:
-        events = await asyncio.wait_for(client.request(args.method, url.netloc, path, body), args.timeout)
+        left = args.repeat
+
+        async def one():
+            nonlocal left
+            events = []
+            while left > 0:
+                left -= 1
+                events = await asyncio.wait_for(client.request(args.method, url.netloc, path, body), args.timeout)
+                code = next((v.decode() for ev in events if isinstance(ev, HeadersReceived) for k, v in ev.headers if k == b":status"), "none")
+                statuses[code] = statuses.get(code, 0) + 1
+            return events
+
+        results = await asyncio.gather(*(one() for _ in range(max(1, args.parallel))))
+        events = next((r for r in results if r), [])
     status, headers, data = 0, [], bytearray()
     for ev in events:
         if isinstance(ev, HeadersReceived):
@@ -78,7 +94,10 @@ async def main(args):
     if args.out:
         with open(args.out, "wb") as f:
             f.write(data)
-    print(json.dumps({"status": status, "headers": headers, "bytes": len(data)}))
+    reply = {"status": status, "headers": headers, "bytes": len(data)}
+    if args.repeat > 1:
+        reply["statuses"] = statuses
+    print(json.dumps(reply))
 
 
 if __name__ == "__main__":
@@ -90,6 +109,8 @@ if __name__ == "__main__":
     p.add_argument("--data-file")
     p.add_argument("--out")
     p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--parallel", type=int, default=1)
     try:
         asyncio.run(main(p.parse_args()))
     except Exception as e:  # any failure is a failed request for the test
