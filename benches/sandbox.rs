@@ -96,14 +96,15 @@ impl Fixture {
 
     fn request_once(&self, app: &App, body: &Bytes) -> usize {
         let (output, mut start) = GuestOutput::new(1 << 20);
+        let length = body.len().to_string();
         let request = Request {
-            cgi: CgiRequest {
-                method: "POST".into(),
-                path: "/bench".into(),
-                protocol: "HTTP/1.1".into(),
-                headers: vec![("content-length".into(), body.len().to_string().into_bytes())],
+            env: app.request_env(&CgiRequest {
+                method: "POST",
+                path: "/bench",
+                protocol: "HTTP/1.1",
+                headers: &[("content-length", length.as_bytes())],
                 ..CgiRequest::default()
-            },
+            }),
             input: GuestInput::fixed(body.clone()),
         };
         let outcome = self.sandbox.run_here(

@@ -75,30 +75,19 @@ pub fn request_host<B>(req: &Request<B>) -> Option<String> {
     normalize_host(raw)
 }
 
-fn cgi_request<B>(req: &Request<B>, conn: &ConnInfo, script_name: &str) -> CgiRequest {
-    let host = request_host(req).unwrap_or_else(|| conn.local.ip().to_string());
+/// The request's headers as CGI sees them: HTTP/2 and HTTP/3 carry the host in :authority,
+/// and guests expect HTTP_HOST.
+fn cgi_headers<B>(req: &Request<B>) -> Vec<(&str, &[u8])> {
     let mut headers = Vec::with_capacity(req.headers().len() + 1);
     if let Some(authority) = req.uri().authority() {
-        // HTTP/2 and HTTP/3 carry the host in :authority; guests expect HTTP_HOST.
         if !req.headers().contains_key(http::header::HOST) {
-            headers.push(("host".to_string(), authority.as_str().as_bytes().to_vec()));
+            headers.push(("host", authority.as_str().as_bytes()));
         }
     }
     for (name, value) in req.headers() {
-        headers.push((name.as_str().to_string(), value.as_bytes().to_vec()));
+        headers.push((name.as_str(), value.as_bytes()));
     }
-    CgiRequest {
-        method: req.method().as_str().to_string(),
-        path: req.uri().path().to_string(),
-        query: req.uri().query().unwrap_or("").to_string(),
-        headers,
-        server_name: host,
-        server_port: conn.local.port(),
-        protocol: conn.protocol.to_string(),
-        remote_addr: conn.remote.ip().to_string(),
-        https: conn.https,
-        script_name: script_name.to_string(),
-    }
+    headers
 }
 
 /// A request refused before its body was read: read (and drop) a bounded amount of it in the
@@ -210,7 +199,29 @@ where
             return record_early(Failure::Limit(Limit::Concurrency));
         }
     };
-    let cgi = cgi_request(&req, conn, script_name);
+    let host = request_host(&req);
+    let local_ip;
+    let server_name = match &host {
+        Some(host) => host.as_str(),
+        None => {
+            local_ip = conn.local.ip().to_string();
+            &local_ip
+        }
+    };
+    let headers = cgi_headers(&req);
+    let env = target.app.request_env(&CgiRequest {
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        query: req.uri().query().unwrap_or(""),
+        headers: &headers,
+        server_name,
+        server_port: conn.local.port(),
+        protocol: conn.protocol,
+        remote_addr: Some(conn.remote.ip()),
+        https: conn.https,
+        script_name,
+    });
+    drop(headers);
     let input = feed_body(req.into_body(), limits.request_body);
     let active = shared.metrics.active.with_label_values(&[tenant]);
     active.inc();
@@ -224,7 +235,7 @@ where
     let start_rx = shared.sandbox.dispatch(
         target.app.clone(),
         target.envelope.clone(),
-        GuestRequest { cgi, input },
+        GuestRequest { env, input },
         tokio::runtime::Handle::current(),
         move |outcome| {
             drop(permit);

@@ -8,24 +8,25 @@ use http::{HeaderMap, StatusCode};
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEAD_LINES: usize = 256;
 
-/// What a guest learns about its request, independent of the protocol it came over.
+/// What a guest learns about its request, independent of the protocol it came over. Borrowed
+/// from the request as it arrived: the environment block is its only copy.
 #[derive(Debug, Clone, Default)]
-pub struct CgiRequest {
-    pub method: String,
+pub struct CgiRequest<'a> {
+    pub method: &'a str,
     /// Raw request path, as sent (percent-escapes intact).
-    pub path: String,
+    pub path: &'a str,
     /// Raw query string without the `?`.
-    pub query: String,
+    pub query: &'a str,
     /// Request headers in arrival order.
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub server_name: String,
+    pub headers: &'a [(&'a str, &'a [u8])],
+    pub server_name: &'a str,
     pub server_port: u16,
     /// "HTTP/1.1", "HTTP/2" or "HTTP/3".
-    pub protocol: String,
-    pub remote_addr: String,
+    pub protocol: &'a str,
+    pub remote_addr: Option<std::net::IpAddr>,
     pub https: bool,
     /// Route prefix that selected the app ("" for `outpost run`).
-    pub script_name: String,
+    pub script_name: &'a str,
 }
 
 /// Environment block for WASI: `KEY=VALUE\0` entries, plus their count.
@@ -37,11 +38,48 @@ pub struct EnvBlock {
 
 impl EnvBlock {
     pub fn push(&mut self, key: &str, value: &[u8]) {
+        self.push_parts(key, &[value]);
+    }
+
+    /// One entry whose value is the concatenation of `parts`.
+    pub fn push_parts(&mut self, key: &str, parts: &[&[u8]]) {
         // A NUL inside would split the entry; such a value cannot reach a guest intact.
-        if key.contains('\0') || key.contains('=') || value.contains(&0) {
+        if key.contains('\0') || key.contains('=') || parts.iter().any(|p| p.contains(&0)) {
             return;
         }
         self.bytes.extend_from_slice(key.as_bytes());
+        self.bytes.push(b'=');
+        for part in parts {
+            self.bytes.extend_from_slice(part);
+        }
+        self.bytes.push(0);
+        self.count += 1;
+    }
+
+    /// One entry whose value is `value` formatted (never contains a NUL).
+    fn push_display(&mut self, key: &str, value: impl std::fmt::Display) {
+        use std::io::Write;
+        let mark = self.bytes.len();
+        self.bytes.extend_from_slice(key.as_bytes());
+        self.bytes.push(b'=');
+        if write!(self.bytes, "{value}").is_err() || self.bytes[mark..].contains(&0) {
+            self.bytes.truncate(mark);
+            return;
+        }
+        self.bytes.push(0);
+        self.count += 1;
+    }
+
+    /// `HTTP_<NAME>=value` for a request header (name upper-cased, `-` as `_`).
+    fn push_header(&mut self, name: &str, value: &[u8]) {
+        if name.contains(['\0', '=']) || value.contains(&0) {
+            return;
+        }
+        self.bytes.extend_from_slice(b"HTTP_");
+        self.bytes.extend(name.bytes().map(|b| match b {
+            b'-' => b'_',
+            b => b.to_ascii_uppercase(),
+        }));
         self.bytes.push(b'=');
         self.bytes.extend_from_slice(value);
         self.bytes.push(0);
@@ -76,9 +114,12 @@ fn percent_decode(raw: &str) -> Vec<u8> {
 /// RFC 3875 meta-variables and `HTTP_*` headers for one request, followed by the app's own
 /// environment (which cannot override the request's variables: those come first and wasi-libc
 /// and Rust's std take the first match).
-pub fn request_env(req: &CgiRequest, app_env: &EnvBlock) -> EnvBlock {
+pub fn request_env(req: &CgiRequest<'_>, app_env: &EnvBlock) -> EnvBlock {
+    let headers: usize = req.headers.iter().map(|(n, v)| n.len() + v.len() + 8).sum();
     let mut env = EnvBlock {
-        bytes: Vec::with_capacity(512 + app_env.bytes.len()),
+        bytes: Vec::with_capacity(
+            320 + 2 * req.path.len() + req.query.len() + headers + app_env.bytes.len(),
+        ),
         count: 0,
     };
     env.push("GATEWAY_INTERFACE", b"CGI/1.1");
@@ -88,10 +129,7 @@ pub fn request_env(req: &CgiRequest, app_env: &EnvBlock) -> EnvBlock {
     );
     env.push("REQUEST_METHOD", req.method.as_bytes());
     env.push("SCRIPT_NAME", req.script_name.as_bytes());
-    let path_info = req
-        .path
-        .strip_prefix(req.script_name.as_str())
-        .unwrap_or(&req.path);
+    let path_info = req.path.strip_prefix(req.script_name).unwrap_or(req.path);
     let decoded = percent_decode(path_info);
     if decoded.contains(&0) {
         env.push("PATH_INFO", path_info.as_bytes());
@@ -99,36 +137,32 @@ pub fn request_env(req: &CgiRequest, app_env: &EnvBlock) -> EnvBlock {
         env.push("PATH_INFO", &decoded);
     }
     env.push("QUERY_STRING", req.query.as_bytes());
-    let uri = if req.query.is_empty() {
-        req.path.clone()
+    if req.query.is_empty() {
+        env.push("REQUEST_URI", req.path.as_bytes());
     } else {
-        format!("{}?{}", req.path, req.query)
-    };
-    env.push("REQUEST_URI", uri.as_bytes());
+        env.push_parts(
+            "REQUEST_URI",
+            &[req.path.as_bytes(), b"?", req.query.as_bytes()],
+        );
+    }
     env.push("SERVER_NAME", req.server_name.as_bytes());
-    env.push("SERVER_PORT", req.server_port.to_string().as_bytes());
+    env.push_display("SERVER_PORT", req.server_port);
     env.push("SERVER_PROTOCOL", req.protocol.as_bytes());
-    env.push("REMOTE_ADDR", req.remote_addr.as_bytes());
+    match req.remote_addr {
+        Some(ip) => env.push_display("REMOTE_ADDR", ip),
+        None => env.push("REMOTE_ADDR", b""),
+    }
     if req.https {
         env.push("HTTPS", b"on");
     }
-    let mut key = String::with_capacity(64);
-    for (name, value) in &req.headers {
+    for (name, value) in req.headers {
         if name.eq_ignore_ascii_case("content-type") {
             env.push("CONTENT_TYPE", value);
-            continue;
-        }
-        if name.eq_ignore_ascii_case("content-length") {
+        } else if name.eq_ignore_ascii_case("content-length") {
             env.push("CONTENT_LENGTH", value);
-            continue;
+        } else {
+            env.push_header(name, value);
         }
-        key.clear();
-        key.push_str("HTTP_");
-        key.extend(name.chars().map(|c| match c {
-            '-' => '_',
-            c => c.to_ascii_uppercase(),
-        }));
-        env.push(&key, value);
     }
     env.extend(app_env);
     env
@@ -267,20 +301,23 @@ mod tests {
 
     #[test]
     fn request_env_maps_headers_and_keeps_request_first() {
+        let headers: &[(&str, &[u8])] = &[
+            ("content-type", b"text/plain"),
+            ("x-forwarded-for", b"1.2.3.4"),
+            ("bad\0name", b"x"),
+            ("x-nul", b"a\0b"),
+        ];
         let req = CgiRequest {
-            method: "POST".into(),
-            path: "/a%20b".into(),
-            query: "x=1".into(),
-            headers: vec![
-                ("content-type".into(), b"text/plain".to_vec()),
-                ("x-forwarded-for".into(), b"1.2.3.4".to_vec()),
-            ],
-            server_name: "localhost".into(),
+            method: "POST",
+            path: "/a%20b",
+            query: "x=1",
+            headers,
+            server_name: "localhost",
             server_port: 8080,
-            protocol: "HTTP/1.1".into(),
-            remote_addr: "127.0.0.1".into(),
+            protocol: "HTTP/1.1",
+            remote_addr: Some([127, 0, 0, 1].into()),
             https: false,
-            script_name: String::new(),
+            script_name: "",
         };
         let mut app = EnvBlock::default();
         app.push("GREETING", b"hi");
@@ -291,6 +328,10 @@ mod tests {
         assert!(vars.contains(&"PATH_INFO=/a b"));
         assert!(vars.contains(&"CONTENT_TYPE=text/plain"));
         assert!(vars.contains(&"HTTP_X_FORWARDED_FOR=1.2.3.4"));
+        assert!(vars.contains(&"REQUEST_URI=/a%20b?x=1"));
+        assert!(vars.contains(&"SERVER_PORT=8080"));
+        assert!(vars.contains(&"REMOTE_ADDR=127.0.0.1"));
+        assert!(!vars.iter().any(|v| v.contains("NUL") || v.contains("BAD")));
         assert_eq!(vars.last(), Some(&"GREETING=hi"));
         assert!(!vars.iter().any(|v| v.starts_with("HTTPS=")));
     }

@@ -149,6 +149,14 @@ pub struct App {
     env: EnvBlock,
 }
 
+impl App {
+    /// The environment a request runs with: its CGI variables, then the app's own. Built where
+    /// the request arrived, borrowing from it; the block is the one copy handed to a worker.
+    pub fn request_env(&self, cgi: &CgiRequest<'_>) -> EnvBlock {
+        cgi::request_env(cgi, &self.env)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{0}")]
@@ -159,9 +167,9 @@ pub enum LoadError {
     CompileTimeout(Duration),
 }
 
-/// One request for a guest.
+/// One request for a guest: its environment (`App::request_env`) and stdin.
 pub struct Request {
-    pub cgi: CgiRequest,
+    pub env: EnvBlock,
     pub input: GuestInput,
 }
 
@@ -420,7 +428,7 @@ impl Sandbox {
     ) -> Outcome {
         let started = Instant::now();
         let deadline = queued + envelope.limits.timeout;
-        let env = cgi::request_env(&request.cgi, &app.env);
+        let env = request.env;
         let run = Run {
             started,
             deadline,

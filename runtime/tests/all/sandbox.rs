@@ -52,12 +52,12 @@ impl Harness {
         body: &'static [u8],
     ) -> Result<(u16, Vec<u8>), Failure> {
         let request = Request {
-            cgi: CgiRequest {
-                method: "POST".into(),
-                path: "/".into(),
-                protocol: "HTTP/1.1".into(),
+            env: app.request_env(&CgiRequest {
+                method: "POST",
+                path: "/",
+                protocol: "HTTP/1.1",
                 ..CgiRequest::default()
-            },
+            }),
             input: GuestInput::fixed(Bytes::from_static(body)),
         };
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
