@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Load benchmark, side by side in one run on loopback: outpost serving the hello app (a fresh
 # Wasm instance per request) and a native hyper hello with the same rustls settings, driven by
-# the same clients: wrk (HTTP/1.1 over TLS, keep-alive), h2load (HTTP/2), oha (HTTP/3, if
-# installed with its http3 feature), plus full TLS handshakes per second (openssl s_time).
+# the same clients: wrk (HTTP/1.1 over TLS, keep-alive), h2load (HTTP/2), oha (HTTP/2 and
+# HTTP/3 from one client, if installed with its http3 feature), plus full TLS handshakes per
+# second (openssl s_time). Each row also gives the server's own CPU time per request.
 # Every run is bounded in time. Figures go to docs/benchmarks.md by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,37 +52,51 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "outpost: $(git rev-parse --short HEAD 2>/dev/null || echo unknown), ${DURATION}s per run, $CONNS connections"
 rps() { grep -E '^Requests/sec' | awk '{print $2}'; }
 p99() { grep -E '^ +99%' | awk '{print $2}'; }
+# Server CPU per request: the process's utime + stime over the run, divided by the requests it
+# answered (outpost's own counter; the client's count for the native server). It does not
+# depend on how much CPU the client takes from the shared cores.
+cpu_secs() { awk '{print ($14 + $15) / '"$(getconf CLK_TCK)"'}' "/proc/$1/stat"; }
+served() { curl -s http://127.0.0.1:18901/metrics | { grep -E '^outpost_requests_total\{.*status="200"' || true; } | awk -v p="$1" 'index($0, "protocol=\"" p "\"") {s += $2} END {print s + 0}'; }
+per_req() { echo "($2 - $1) * 1000000 / $3" | bc; }
 echo
-echo "| client / protocol | target | req/s | p99 |"
-echo "|---|---|---|---|"
-for target in "outpost 18443" "native 18444"; do
+echo "| client / protocol | target | req/s | p99 | server CPU per request |"
+echo "|---|---|---|---|---|"
+for target in "outpost 18443 $outpost_pid" "native 18444 $native_pid"; do
   set -- $target
+  c0=$(cpu_secs "$3"); n0=$(served HTTP/1.1)
   out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "https://localhost:$2/")
-  echo "| wrk HTTP/1.1+TLS | $1 | $(echo "$out" | rps) | $(echo "$out" | p99) |"
+  c1=$(cpu_secs "$3"); n1=$(served HTTP/1.1)
+  n=$((n1 - n0)); [ "$1" = native ] && n=$(echo "$out" | grep -E 'requests in' | awk '{print $1}')
+  echo "| wrk HTTP/1.1+TLS | $1 | $(echo "$out" | rps) | $(echo "$out" | p99) | $(per_req "$c0" "$c1" "$n") µs |"
 done
-for target in "outpost 18443" "native 18444"; do
+for target in "outpost 18443 $outpost_pid" "native 18444 $native_pid"; do
   set -- $target
+  c0=$(cpu_secs "$3"); n0=$(served HTTP/2)
   out=$(h2load -D "$DURATION" -c "$CONNS" -m 4 -t 2 "https://localhost:$2/" 2>&1)
+  c1=$(cpu_secs "$3"); n1=$(served HTTP/2)
   reqs=$(echo "$out" | grep -E '^finished in' | sed -E 's/.* ([0-9.]+) req\/s.*/\1/')
   fails=$(echo "$out" | grep -E '^requests:' | sed -E 's/.* ([0-9]+) failed.*/\1/')
   lat=$(echo "$out" | grep -E '^time for request:' | awk '{print "mean " $6 ", max " $5 " (h2load reports no p99)"}')
-  echo "| h2load HTTP/2 (failed: $fails) | $1 | $reqs | $lat |"
+  n=$((n1 - n0)); [ "$1" = native ] && n=$(echo "$out" | grep -E '^requests:' | awk '{print $8}')
+  echo "| h2load HTTP/2 (failed: $fails) | $1 | $reqs | $lat | $(per_req "$c0" "$c1" "$n") µs |"
 done
-# oha's HTTP/3 client stalls for a while after a timed run, so its req/s undercounts: the rate
-# comes from outpost's own counter over the run's duration; the p99 from oha.
-h3_count() { curl -s http://127.0.0.1:18901/metrics | { grep -E '^outpost_requests_total\{.*protocol="HTTP/3".*status="200"' || true; } | awk '{s += $2} END {print s + 0}'; }
+# HTTP/2 and HTTP/3 from one client (oha), same shape: 8 connections, 4 requests in flight on
+# each. oha's HTTP/3 client can stall for a while after a timed run, so both rates come from
+# outpost's own counter over the run's duration; the p99 from oha.
 if command -v oha >/dev/null; then
-  before=$(h3_count)
-  out=$(timeout $((DURATION + 60)) oha --http-version 3 --insecure -z "${DURATION}s" -c "$CONNS" --no-tui "https://localhost:18443/" 2>&1 || true)
-  after=$(h3_count)
-  echo "| oha HTTP/3 | outpost | $(( (after - before) / DURATION )) (server count) | $(echo "$out" | { grep -E '99.00%' || true; } | awk '{print $3 " " $4}') |"
+  for proto in 2 3; do
+    c0=$(cpu_secs "$outpost_pid"); n0=$(served "HTTP/$proto")
+    out=$(timeout $((DURATION + 60)) oha --http-version "$proto" --insecure -z "${DURATION}s" -c 8 -p 4 --no-tui "https://localhost:18443/" 2>&1 || true)
+    c1=$(cpu_secs "$outpost_pid"); n1=$(served "HTTP/$proto")
+    n=$((n1 - n0))
+    echo "| oha HTTP/$proto (8 connections x 4) | outpost | $((n / DURATION)) (server count) | $(echo "$out" | { grep -E '99.00%' || true; } | awk '{print $3 " " $4}') | $(per_req "$c0" "$c1" "$n") µs |"
+  done
 else
-  echo "| oha HTTP/3 | outpost | not measured: install oha with its http3 feature (cargo install oha --features http3) | |"
+  echo "| oha HTTP/2, HTTP/3 | outpost | not measured: install oha with its http3 feature (cargo install oha --features http3) | | |"
 fi
 echo
 # Full handshakes (no resumption) from two openssl clients at once; the server's own CPU time
 # (utime + stime from /proc) gives handshakes per server core-second.
-cpu_secs() { awk '{print ($14 + $15) / '"$(getconf CLK_TCK)"'}' "/proc/$1/stat"; }
 for target in "outpost 18443 $outpost_pid" "native 18444 $native_pid"; do
   set -- $target
   before=$(cpu_secs "$3")
