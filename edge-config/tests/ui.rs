@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 
 fn cases(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/ui")
-        .join(dir);
+    // Cargo's run-time value: right even when another checkout built this binary.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let dir = manifest_dir.join("tests/ui").join(dir);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("ui dir")
         .map(|e| e.expect("entry").path())

@@ -7,11 +7,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// The checkout the tests run from. Cargo sets CARGO_MANIFEST_DIR when it runs a test, which
+/// stays right when one target directory serves several checkouts (the compile-time value
+/// would point at whichever checkout built the binary).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir.parent().expect("workspace root").to_path_buf()
 }
 
 /// Scratch space for one test, removed when dropped.
