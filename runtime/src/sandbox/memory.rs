@@ -24,6 +24,72 @@ thread_local! {
 pub fn take_grow_denied() -> bool {
     GROW_DENIED.with(|flag| flag.replace(false))
 }
+
+thread_local! {
+    /// Set while a guest runs on this thread with nothing but this thread touching its memory
+    /// (the lean host): its memory's pages can then be accounted by this thread's page faults.
+    static FAULTS_ACCOUNT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While alive, memories created on this thread are watched through the thread's page-fault
+/// count: a guest whose run faulted in no page left the slot's resident pages as they were, so
+/// its scrub zeroes the pages known resident without scanning for new ones.
+pub struct FaultAccounting(());
+
+impl FaultAccounting {
+    /// Only for guests whose memory no other thread touches.
+    pub fn begin() -> Self {
+        FAULTS_ACCOUNT.with(|flag| flag.set(true));
+        Self(())
+    }
+}
+
+impl Drop for FaultAccounting {
+    fn drop(&mut self) {
+        FAULTS_ACCOUNT.with(|flag| flag.set(false));
+    }
+}
+
+/// Page faults (minor and major) the calling thread has taken. Faults taken by the kernel on
+/// the thread's behalf while copying to or from its memory count too; only `get_user_pages`
+/// (direct I/O, `process_vm_writev`, ptrace), which outpost never points at guest memory, does
+/// not.
+fn thread_faults() -> Option<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole rusage into the pointer it is given.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: initialized by the successful call above (and zeroed before).
+    let usage = unsafe { usage.assume_init() };
+    Some((usage.ru_minflt as u64).wrapping_add(usage.ru_majflt as u64))
+}
+
+/// A memory's page-fault watch: the thread it was created on and that thread's faults then.
+#[derive(Debug, Clone, Copy)]
+struct Watch {
+    thread: std::thread::ThreadId,
+    faults: u64,
+}
+
+impl Watch {
+    fn start() -> Option<Watch> {
+        if !FAULTS_ACCOUNT.with(|flag| flag.get()) {
+            return None;
+        }
+        Some(Watch {
+            thread: std::thread::current().id(),
+            faults: thread_faults()?,
+        })
+    }
+
+    /// True if no page was faulted in on the watched thread since the watch started, and this
+    /// is that thread.
+    fn no_new_pages(&self) -> bool {
+        std::thread::current().id() == self.thread && thread_faults() == Some(self.faults)
+    }
+}
 /// Above this many accessible bytes a recycled memory is handed back to the kernel whole
 /// instead of being zeroed page by page.
 const ZERO_IN_PLACE_MAX: usize = 16 << 20;
@@ -55,6 +121,11 @@ fn reservation_bytes() -> usize {
 struct Slot {
     base: NonNull<u8>,
     accessible: usize,
+    /// The runs of resident pages (offset, length) the last scan found, and the accessible
+    /// size it scanned; `None` until a first scan.
+    resident: Option<(Vec<(usize, usize)>, usize)>,
+    /// Transparent huge pages are off for this range (see `reserve`).
+    no_thp: bool,
 }
 
 // SAFETY: a slot is a plain address range owned by exactly one holder at a time (the pool or
@@ -83,9 +154,17 @@ impl Slot {
         }
         let base = NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| MemoryError::Region("mmap returned null".into()))?;
+        // No transparent huge pages: a fault would make 2 MiB resident (and to be scrubbed) at
+        // once, and khugepaged could make pages resident with no fault on the guest's thread,
+        // which the scrub's fault accounting relies on. A slot whose advice failed is always
+        // scanned.
+        // SAFETY: advice on our own fresh reservation.
+        let no_thp = unsafe { libc::madvise(ptr, reservation_bytes(), libc::MADV_NOHUGEPAGE) } == 0;
         Ok(Slot {
             base,
             accessible: 0,
+            resident: None,
+            no_thp,
         })
     }
 
@@ -131,14 +210,33 @@ impl Slot {
     /// Return the accessible range to all zeroes. Resident pages are cleared in place (cheaper
     /// than refaulting them on the next request); pages that are not resident, including any
     /// swapped out, are discarded so they cannot come back with old contents.
-    fn scrub(&self) {
+    ///
+    /// `no_new_pages`: the memory's user faulted in no page since the slot was last scrubbed
+    /// (see `Watch`), so the resident pages are exactly those the last scan found, at the same
+    /// accessible size: only those are cleared, without scanning again.
+    /// Returns whether it scanned.
+    fn scrub(&mut self, no_new_pages: bool) -> bool {
         let len = self.accessible;
         if len == 0 {
-            return;
+            return false;
         }
+        if no_new_pages && self.no_thp && !swap_active() {
+            if let Some((runs, scanned)) = &self.resident {
+                if *scanned == len {
+                    for &(off, run) in runs {
+                        // SAFETY: the run lies in the accessible (read-write) range, which no
+                        // instance uses now.
+                        unsafe { std::ptr::write_bytes(self.base.as_ptr().add(off), 0, run) };
+                    }
+                    return false;
+                }
+            }
+        }
+        self.resident = None;
         if len > ZERO_IN_PLACE_MAX {
             self.discard(0, len);
-            return;
+            self.resident = Some((Vec::new(), len));
+            return true;
         }
         let pages = len / OS_PAGE;
         let mut resident = vec![0u8; pages];
@@ -147,8 +245,10 @@ impl Slot {
             unsafe { libc::mincore(self.base.as_ptr().cast(), len, resident.as_mut_ptr().cast()) };
         if rc != 0 {
             self.discard(0, len);
-            return;
+            self.resident = Some((Vec::new(), len));
+            return true;
         }
+        let mut runs = Vec::new();
         let mut page = 0;
         while page < pages {
             let is_resident = resident[page] & 1 == 1;
@@ -160,12 +260,15 @@ impl Slot {
             if is_resident {
                 // SAFETY: the run is accessible (read-write) memory that no instance uses now.
                 unsafe { std::ptr::write_bytes(self.base.as_ptr().add(off), 0, run) };
+                runs.push((off, run));
             } else if swap_active() {
                 // Without swap a non-resident private page was never written and reads as
                 // zero; with swap it may be a swapped-out dirty page and must be dropped.
                 self.discard(off, run);
             }
         }
+        self.resident = Some((runs, len));
+        true
     }
 }
 
@@ -181,6 +284,8 @@ impl Drop for Slot {
 pub struct MemoryPool {
     idle: Mutex<Vec<Slot>>,
     max_idle: usize,
+    /// Scrubs that scanned for resident pages (the others cleared the pages known resident).
+    scans: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryPool {
@@ -188,6 +293,7 @@ impl MemoryPool {
         Arc::new(Self {
             idle: Mutex::new(Vec::with_capacity(max_idle)),
             max_idle,
+            scans: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -208,13 +314,21 @@ impl MemoryPool {
         }
     }
 
-    fn give_back(&self, slot: Slot) {
-        slot.scrub();
+    fn give_back(&self, mut slot: Slot, watch: Option<Watch>) {
+        if slot.scrub(watch.is_some_and(|w| w.no_new_pages())) {
+            self.scans
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < self.max_idle {
                 idle.push(slot);
             }
         }
+    }
+
+    /// Scrubs so far that scanned for resident pages.
+    pub fn scans(&self) -> u64 {
+        self.scans.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Number of reservations waiting for reuse.
@@ -232,6 +346,8 @@ struct PooledMemory {
     size: Pages,
     maximum: Pages,
     definition: NonNull<VMMemoryDefinition>,
+    /// Page faults on the creating thread, when its guest's memory is touched by it alone.
+    watch: Option<Watch>,
 }
 
 // SAFETY: the memory is used by one store at a time; the definition pointer points into that
@@ -311,7 +427,7 @@ impl LinearMemory for PooledMemory {
 impl Drop for PooledMemory {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            self.pool.give_back(slot);
+            self.pool.give_back(slot, self.watch);
         }
     }
 }
@@ -378,6 +494,8 @@ impl Tunables for CappedTunables {
             return unsafe { VMMemory::from_definition(&capped, style, vm_definition_location) };
         }
         let mut slot = self.pool.take(capped.minimum.bytes().0)?;
+        // Watched from before the slot is first touched (resizing only changes protection).
+        let watch = Watch::start();
         slot.set_accessible(capped.minimum.bytes().0)?;
         let mut memory = PooledMemory {
             slot: Some(slot),
@@ -386,6 +504,7 @@ impl Tunables for CappedTunables {
             size: capped.minimum,
             maximum: capped.maximum.unwrap_or(self.max_pages),
             definition: vm_definition_location,
+            watch,
         };
         memory.publish();
         let boxed: Box<dyn LinearMemory + Send + Sync + 'static> = Box::new(memory);
@@ -425,7 +544,7 @@ mod tests {
             std::ptr::write_bytes(slot.base.as_ptr(), 0xAB, 3 * WASM_PAGE_SIZE);
         }
         let base = slot.base;
-        pool.give_back(slot);
+        pool.give_back(slot, None);
         assert_eq!(pool.idle(), 1);
         let mut again = pool.take(WASM_PAGE_SIZE).expect("reuse");
         assert_eq!(again.base, base, "the idle slot is reused");
@@ -437,5 +556,64 @@ mod tests {
         );
         again.set_accessible(WASM_PAGE_SIZE).expect("shrink");
         assert_eq!(again.accessible, WASM_PAGE_SIZE);
+    }
+
+    /// The scrub that trusts the thread's fault count: pages known resident are cleared without
+    /// a scan; a page faulted in since, or another thread, means a scan.
+    #[test]
+    fn scrub_without_new_faults_clears_known_pages_and_new_faults_rescan() {
+        let read_all_zero = |slot: &Slot| {
+            // SAFETY: `accessible` bytes from the base are readable.
+            let bytes = unsafe { std::slice::from_raw_parts(slot.base.as_ptr(), slot.accessible) };
+            bytes.iter().all(|b| *b == 0)
+        };
+        let size = 2 * WASM_PAGE_SIZE;
+        let pool = MemoryPool::new(1);
+        let mut slot = pool.take(size).expect("reserve");
+        slot.set_accessible(size).expect("accessible");
+        // SAFETY: inside the accessible range.
+        unsafe { std::ptr::write_bytes(slot.base.as_ptr(), 0xAB, 3 * OS_PAGE) };
+        pool.give_back(slot, None);
+        assert_eq!(pool.scans(), 1, "the first scrub scans");
+
+        let _accounting = FaultAccounting::begin();
+        for round in 0..3 {
+            let slot = pool.take(size).expect("reuse");
+            assert!(read_all_zero(&slot), "round {round}");
+            let watch = Watch::start();
+            // Pages the scan found resident: written without a fault.
+            // SAFETY: inside the accessible range.
+            unsafe { std::ptr::write_bytes(slot.base.as_ptr().add(OS_PAGE), 0xCD, 2 * OS_PAGE) };
+            pool.give_back(slot, watch);
+        }
+        let slot = pool.take(size).expect("reuse");
+        assert!(read_all_zero(&slot));
+        assert_eq!(pool.scans(), 1, "no page faulted in: no scan");
+
+        // A page never touched before faults in: the scrub must find it.
+        let watch = Watch::start();
+        // SAFETY: inside the accessible range.
+        unsafe { *slot.base.as_ptr().add(size - 1) = 0xEF };
+        pool.give_back(slot, watch);
+        assert_eq!(pool.scans(), 2, "a new page means a scan");
+        let slot = pool.take(size).expect("reuse");
+        assert!(read_all_zero(&slot));
+
+        // Given back on another thread: the fault count says nothing there.
+        let watch = Watch::start();
+        // SAFETY: inside the accessible range.
+        unsafe { *slot.base.as_ptr() = 0x11 };
+        let pool = std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    pool.give_back(slot, watch);
+                    pool
+                })
+                .join()
+                .expect("thread")
+        });
+        assert_eq!(pool.scans(), 3, "another thread means a scan");
+        let slot = pool.take(size).expect("reuse");
+        assert!(read_all_zero(&slot));
     }
 }

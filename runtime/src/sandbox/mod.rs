@@ -467,7 +467,11 @@ impl Sandbox {
             .map(|ctor| Extern::Function(ctor(&mut store, &func_env)))
             .collect();
         memory::take_grow_denied();
-        let instance = match Instance::new_by_index(&mut store, &app.module, &externs) {
+        // Only this thread touches a lean guest's memory (host functions run here too).
+        let accounting = memory::FaultAccounting::begin();
+        let instantiated = Instance::new_by_index(&mut store, &app.module, &externs);
+        drop(accounting);
+        let instance = match instantiated {
             Ok(instance) => instance,
             Err(e) => {
                 let failure = instantiation_failure(&e.to_string(), e);
@@ -589,6 +593,12 @@ impl Sandbox {
 
     pub fn idle_memories(&self) -> usize {
         self.pool.idle()
+    }
+
+    /// Memory scrubs so far that scanned for resident pages (the others cleared the pages a
+    /// scan had found, the guest having faulted in no new one).
+    pub fn memory_scans(&self) -> u64 {
+        self.pool.scans()
     }
 }
 

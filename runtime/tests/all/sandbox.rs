@@ -175,6 +175,74 @@ fn recycled_memory_is_clean_for_the_next_request() {
     );
 }
 
+/// The same, for the common case of one app served again and again at one memory size: its
+/// memory's resident pages are cleared without a scan when the guest faulted in no new page,
+/// and a guest that does touch a new page is scanned.
+#[test]
+fn a_memory_reused_at_the_same_size_is_clean_with_or_without_a_scan() {
+    let h = Harness::new();
+    let envelope = Arc::new(h.sandbox.envelope(Limits::default()));
+    // Every request reports whether its probe bytes read non-zero, then writes them. The body
+    // picks a third probe, far from the others: "f?" writes it (a page no request touched
+    // before), "c?" reads it; "?a" is at 100000, "?b" at 120000.
+    let app = h.load_wat(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 2)
+          (data (i32.const 16) "\n\nclean\n\n\ndirty\n")
+          (func (export "_start")
+            (local $far i32) (local $dirty i32)
+            (i32.store (i32.const 32) (i32.const 48))
+            (i32.store (i32.const 36) (i32.const 8))
+            (drop (call $r (i32.const 0) (i32.const 32) (i32.const 1) (i32.const 40)))
+            (local.set $far (i32.add (i32.const 100000)
+              (i32.mul (i32.sub (i32.load8_u (i32.const 49)) (i32.const 97)) (i32.const 20000))))
+            (local.set $dirty (i32.or (i32.load8_u (i32.const 5000)) (i32.load8_u (i32.const 70000))))
+            (if (i32.eq (i32.load8_u (i32.const 48)) (i32.const 99))
+              (then (local.set $dirty (i32.or (local.get $dirty) (i32.load8_u (local.get $far))))))
+            (i32.store (i32.const 0) (i32.const 16))
+            (if (local.get $dirty) (then (i32.store (i32.const 0) (i32.const 24))))
+            (i32.store (i32.const 4) (i32.const 8))
+            (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+            (i32.store8 (i32.const 5000) (i32.const 171))
+            (i32.store8 (i32.const 70000) (i32.const 171))
+            (if (i32.eq (i32.load8_u (i32.const 48)) (i32.const 102))
+              (then (i32.store8 (local.get $far) (i32.const 171))))
+            (i64.store (i32.const 48) (i64.const 0))))"#,
+    );
+    let rounds = |count: usize, body: &'static [u8]| {
+        for round in 0..count {
+            let (status, out) = h.call(&app, &envelope, body).expect("call");
+            assert_eq!(status, 200);
+            let body = String::from_utf8_lossy(body);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                "clean\n",
+                "{body} round {round}"
+            );
+        }
+    };
+    rounds(3, b"near");
+    let scans = h.sandbox.memory_scans();
+    rounds(20, b"near");
+    let near_scans = h.sandbox.memory_scans() - scans;
+    assert!(
+        near_scans < 20,
+        "20 rounds touching only known pages scanned {near_scans} times"
+    );
+    for probe in [&b"a"[..], b"b"] {
+        let scans = h.sandbox.memory_scans();
+        rounds(1, if probe == b"a" { b"fa" } else { b"fb" });
+        assert!(
+            h.sandbox.memory_scans() > scans,
+            "a request that touched a new page is scanned"
+        );
+        rounds(2, if probe == b"a" { b"ca" } else { b"cb" });
+        rounds(2, b"near");
+    }
+}
+
 #[test]
 fn a_rust_std_guest_runs_with_its_body_on_stdin() {
     let h = Harness::new();
