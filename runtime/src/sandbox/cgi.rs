@@ -56,16 +56,13 @@ impl EnvBlock {
         self.count += 1;
     }
 
-    /// One entry whose value is `value` formatted (never contains a NUL).
+    /// One entry whose value is a number or an address, formatted in place (no NUL possible).
     fn push_display(&mut self, key: &str, value: impl std::fmt::Display) {
         use std::io::Write;
-        let mark = self.bytes.len();
         self.bytes.extend_from_slice(key.as_bytes());
         self.bytes.push(b'=');
-        if write!(self.bytes, "{value}").is_err() || self.bytes[mark..].contains(&0) {
-            self.bytes.truncate(mark);
-            return;
-        }
+        // Writing into a Vec cannot fail.
+        let _ = write!(self.bytes, "{value}");
         self.bytes.push(0);
         self.count += 1;
     }
