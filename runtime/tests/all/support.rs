@@ -41,11 +41,16 @@ impl Drop for TempDir {
     }
 }
 
+/// Where this checkout's test guests are built: below the target directory, in a folder of this
+/// checkout's own (one target directory may serve several checkouts whose guests differ).
 fn guest_out_dir() -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    repo_root().hash(&mut h);
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"))
-        .join("guests");
+        .join(format!("guests-{:016x}", h.finish()));
     std::fs::create_dir_all(&dir).expect("guest dir");
     dir
 }
@@ -125,8 +130,17 @@ pub fn wat_guest(name: &str) -> PathBuf {
         .join(format!("{name}.wat"));
     let text = std::fs::read_to_string(&src).expect("read wat");
     let bytes = wasmer::wat2wasm(text.as_bytes()).expect("assemble wat");
-    let out = guest_out_dir().join(format!("{name}.wasm"));
-    std::fs::write(&out, &*bytes).expect("write wasm");
+    // Named by content and written by rename: tests running in parallel never see a file
+    // another test is still writing, nor a different fixture under the same name.
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    let out = guest_out_dir().join(format!("{name}-{:016x}.wasm", h.finish()));
+    if !out.exists() {
+        let tmp = out.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(&tmp, &*bytes).expect("write wasm");
+        std::fs::rename(&tmp, &out).expect("rename wasm");
+    }
     out
 }
 
