@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use edge_config::{Config, HostPattern};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::pem::{self, PemObject};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -16,7 +17,7 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     let chain: Vec<CertificateDer<'static>> = {
         let pem =
             std::fs::read(cert).map_err(|e| format!("cannot read {}: {e}", cert.display()))?;
-        rustls_pemfile::certs(&mut pem.as_slice())
+        CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<_, _>>()
             .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert.display()))?
     };
@@ -25,9 +26,10 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     }
     let key_der: PrivateKeyDer<'static> = {
         let pem = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
-        rustls_pemfile::private_key(&mut pem.as_slice())
-            .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?
-            .ok_or_else(|| format!("{} holds no private key", key.display()))?
+        PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+            pem::Error::NoItemsFound => format!("{} holds no private key", key.display()),
+            e => format!("{}: not a PEM private key: {e}", key.display()),
+        })?
     };
     let signer = rustls::crypto::ring::sign::any_supported_type(&key_der)
         .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
@@ -189,4 +191,37 @@ pub fn server_configs(
     quic.alpn_protocols = vec![b"h3".to_vec()];
     quic.max_early_data_size = u32::MAX;
     Ok((Arc::new(tcp), quic))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_pem_pairs_and_names_what_is_missing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let generated =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, generated.cert.pem()).expect("write");
+        std::fs::write(&key, generated.signing_key.serialize_pem()).expect("write");
+        let pair = load_pair(&cert, &key).expect("a valid pair loads");
+        assert_eq!(pair.cert.len(), 1);
+
+        // A key file that holds only a certificate: no private key in it.
+        let err = load_pair(&cert, &cert).err().expect("no key");
+        assert!(err.ends_with("holds no private key"), "{err}");
+        // A certificate file that holds only a key: no certificate in it.
+        let err = load_pair(&key, &key).err().expect("no cert");
+        assert!(err.ends_with("holds no certificate"), "{err}");
+        // A PEM section with a body that is not base64.
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let err = load_pair(&broken, &key).err().expect("bad pem");
+        assert!(err.contains("not a PEM certificate chain"), "{err}");
+    }
 }
