@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
-use super::cgi::{find_head_end, parse_head, ResponseHead, MAX_HEAD_BYTES};
+use super::cgi::{CgiOutput, HeadError, Progress, ResponseHead};
 use crate::error::{Failure, Limit};
 
 /// Output is handed to the client in chunks of about this size...
@@ -132,8 +132,8 @@ impl GuestInput {
 }
 
 enum OutState {
-    /// Collecting the CGI head.
-    Head(Vec<u8>),
+    /// Collecting the CGI head (in `GuestOutput::cgi`).
+    Head,
     /// Head parsed, not yet sent (the guest may still fail and get a clean error status).
     Parsed(ResponseHead),
     /// Head sent; body chunks follow.
@@ -142,8 +142,10 @@ enum OutState {
     Closed,
 }
 
-/// The guest's stdout, parsed as CGI and streamed to the client.
+/// The guest's stdout, parsed as CGI and streamed to the client: the shell around the pure
+/// `CgiOutput` state machine that adds the channels, the flush clock and the body cap.
 pub struct GuestOutput {
+    cgi: CgiOutput,
     state: OutState,
     start_tx: Option<oneshot::Sender<Result<Started, Failure>>>,
     body_tx: Option<mpsc::Sender<BodyChunk>>,
@@ -160,7 +162,8 @@ impl GuestOutput {
     pub fn new(body_cap: u64) -> (Self, oneshot::Receiver<Result<Started, Failure>>) {
         let (start_tx, start_rx) = oneshot::channel();
         let out = Self {
-            state: OutState::Head(Vec::new()),
+            cgi: CgiOutput::new(),
+            state: OutState::Head,
             start_tx: Some(start_tx),
             body_tx: None,
             pending: BytesMut::new(),
@@ -180,32 +183,27 @@ impl GuestOutput {
         handle: &Handle,
         deadline: Instant,
     ) -> Result<(), HostStop> {
-        let body = match &mut self.state {
-            OutState::Head(buf) => {
-                let searched_from = buf.len().saturating_sub(3);
-                buf.extend_from_slice(data);
-                let found = find_head_end(&buf[searched_from..])
-                    .map(|(end, body)| (end + searched_from, body + searched_from));
-                match found {
-                    None if buf.len() > MAX_HEAD_BYTES => {
-                        return Err(Failure::BadResponse(format!(
-                            "no blank line within the first {MAX_HEAD_BYTES} bytes of output"
-                        ))
-                        .into())
-                    }
-                    None => return Ok(()),
-                    Some((end, body_start)) => {
-                        let head = parse_head(&buf[..end]).map_err(Failure::BadResponse)?;
-                        let body = buf.split_off(body_start);
-                        self.state = OutState::Parsed(head);
-                        body
-                    }
-                }
-            }
+        let progress = match self.state {
+            OutState::Head => self
+                .cgi
+                .write(data)
+                .map_err(|e| Failure::BadResponse(e.to_string()))?,
             OutState::Closed => return Ok(()),
-            _ => data.to_vec(),
+            _ => Progress::Body(data),
         };
-        self.push_body(&body)?;
+        match progress {
+            Progress::NeedMore => return Ok(()),
+            Progress::Head {
+                head,
+                buffered,
+                rest,
+            } => {
+                self.state = OutState::Parsed(head);
+                self.push_body(&buffered)?;
+                self.push_body(rest)?;
+            }
+            Progress::Body(data) => self.push_body(data)?,
+        }
         let aged = self.pending_since.is_some_and(|t| t.elapsed() >= FLUSH_AGE);
         if self.pending.len() >= FLUSH_BYTES || aged {
             self.flush(handle, deadline)?;
@@ -335,11 +333,10 @@ impl GuestOutput {
         // The guest is gone: the rest may wait for the client, up to the deadline.
         self.never_wait = false;
         match std::mem::replace(&mut self.state, OutState::Closed) {
-            OutState::Head(buf) => Err(Failure::BadResponse(if buf.is_empty() {
-                "the app wrote nothing to stdout".into()
-            } else {
-                "the output has no blank line after the headers".into()
-            })),
+            OutState::Head => {
+                let why = self.cgi.end().err().unwrap_or(HeadError::NoBlankLine);
+                Err(Failure::BadResponse(why.to_string()))
+            }
             OutState::Parsed(head) => {
                 let first = self.take_pending();
                 self.start(Ok(Started {
@@ -427,6 +424,21 @@ mod tests {
         assert_eq!(started.head.status, 200);
         assert_eq!(&started.first[..], b"hello");
         assert!(started.rest.is_none());
+    }
+
+    #[test]
+    fn a_head_split_across_writes_reaches_the_client_as_a_head() {
+        let rt = rt();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (mut out, mut rx) = GuestOutput::new(1 << 20);
+        out.write(b"Content-Type: text/plain\nX-", rt.handle(), deadline)
+            .expect("write");
+        out.write(b"Foo: bar\n\nhello", rt.handle(), deadline)
+            .expect("write");
+        out.finish(rt.handle(), deadline).expect("finish");
+        let started = rx.try_recv().expect("sent").expect("ok");
+        assert_eq!(started.head.headers["x-foo"], "bar");
+        assert_eq!(&started.first[..], b"hello");
     }
 
     #[test]
