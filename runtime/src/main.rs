@@ -24,12 +24,29 @@ enum Command {
     Check(outpost::commands::check::CheckArgs),
 }
 
+/// wasmer warns on every out-of-bounds memory view access, which a guest triggers at will by
+/// passing a bad pointer to a host call (it gets EFAULT): one log line per call would let a
+/// tenant flood the node's log. Those warnings are kept to errors unless RUST_LOG names wasmer.
+const WASMER_VIEW_TARGET: &str = "wasmer::backend::sys::entities::memory";
+
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let from_env = std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty());
+    let names_wasmer = from_env.as_deref().is_some_and(|s| s.contains("wasmer"));
+    let filter = from_env
+        .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    if names_wasmer {
+        return filter;
+    }
+    match format!("{WASMER_VIEW_TARGET}=error").parse::<tracing_subscriber::filter::Directive>() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -167,7 +167,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         crate::http::plain::serve(
             listener,
             handler,
-            crate::http::plain::HEADER_READ_TIMEOUT,
+            crate::http::plain::PlainLimits::uncapped(crate::http::plain::HEADER_READ_TIMEOUT),
             stopped,
             args.timeout + Duration::from_secs(5),
         )

@@ -224,7 +224,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listeners.spawn(crate::http::plain::serve(
             admin,
             crate::http::admin::handler(live.clone(), metrics.clone()),
-            listen.header_timeout,
+            crate::http::plain::PlainLimits::uncapped(listen.header_timeout),
             stopped.clone(),
             Duration::from_secs(1),
         ));
@@ -234,10 +234,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {addr} (http)"))?;
             tracing::info!("listening on http://{}", http.local_addr()?);
+            let plain_limits = crate::http::plain::PlainLimits {
+                header_timeout: limits.header_timeout,
+                max_header_bytes: limits.max_header_bytes,
+                connections: Some((
+                    limits.connections.clone(),
+                    metrics.connections_refused.clone(),
+                )),
+            };
             listeners.spawn(crate::http::plain::serve(
                 http,
                 handler.clone(),
-                listen.header_timeout,
+                plain_limits,
                 stopped.clone(),
                 DRAIN,
             ));

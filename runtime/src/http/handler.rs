@@ -64,28 +64,41 @@ pub fn error_response(failure: &Failure) -> Response<OutBody> {
     response
 }
 
-/// The request's host, normalized (lowercase, no port): from the URI's authority (HTTP/2,
-/// HTTP/3) or the Host header (HTTP/1.1).
-pub fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw = req.uri().host().or_else(|| {
-        req.headers()
+/// The host a request is for, as sent: the target's authority when it has one (HTTP/2 and
+/// HTTP/3 `:authority`, an HTTP/1.1 absolute-form target, which replaces Host by RFC 9112
+/// 3.2.2), else the first Host header. Routing and `HTTP_HOST` both read this, so a guest
+/// never sees a different host than the one that selected it.
+fn raw_host<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        // Userinfo (`user@host`) names no host.
+        Some(authority) => Some(
+            authority
+                .as_str()
+                .rsplit_once('@')
+                .map_or(authority.as_str(), |(_, host)| host),
+        ),
+        None => req
+            .headers()
             .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })?;
-    normalize_host(raw)
+            .and_then(|h| h.to_str().ok()),
+    }
 }
 
-/// The request's headers as CGI sees them: HTTP/2 and HTTP/3 carry the host in :authority,
-/// and guests expect HTTP_HOST.
+/// The request's host, normalized (lowercase, no port).
+pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+    normalize_host(raw_host(req)?)
+}
+
+/// The request's headers as CGI sees them, with the host of `raw_host` as the only Host.
 fn cgi_headers<B>(req: &Request<B>) -> Vec<(&str, &[u8])> {
     let mut headers = Vec::with_capacity(req.headers().len() + 1);
-    if let Some(authority) = req.uri().authority() {
-        if !req.headers().contains_key(http::header::HOST) {
-            headers.push(("host", authority.as_str().as_bytes()));
-        }
+    if let Some(host) = raw_host(req) {
+        headers.push(("host", host.as_bytes()));
     }
     for (name, value) in req.headers() {
-        headers.push((name.as_str(), value.as_bytes()));
+        if *name != http::header::HOST {
+            headers.push((name.as_str(), value.as_bytes()));
+        }
     }
     headers
 }
@@ -293,7 +306,8 @@ fn log_outcome(
         tracing::info!(
             target: "outpost::tenant",
             tenant, app, truncated = outcome.stderr.truncated,
-            "stderr: {}", String::from_utf8_lossy(&outcome.stderr.bytes).trim_end(),
+            // Escaped: a tenant's newlines or terminal codes must not forge log lines.
+            "stderr: {}", String::from_utf8_lossy(&outcome.stderr.bytes).trim_end().escape_debug(),
         );
     }
     let failure = outcome.failure.as_ref().map(|f| f.to_string());

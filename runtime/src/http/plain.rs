@@ -1,13 +1,15 @@
-//! Plain HTTP/1.1 on a TCP listener: `outpost run`'s dev server and `serve`'s optional
-//! `http` listener. Stops accepting on shutdown and lets open requests finish.
+//! Plain HTTP/1.1 on a TCP listener: `outpost run`'s dev server, the admin listener and
+//! `serve`'s optional `http` listener, under the same head caps as TLS (and, for `http`, the
+//! node's connection cap). Stops accepting on shutdown and lets open requests finish.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use super::body::InBody;
 use super::handler::{ConnInfo, ServiceResult};
@@ -15,6 +17,30 @@ use super::Handler;
 
 /// Default time a client has to send a complete request head (slowloris protection).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default largest request head (the configuration's default `max_header_bytes`).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// What bounds each plain connection.
+#[derive(Clone)]
+pub struct PlainLimits {
+    pub header_timeout: Duration,
+    /// Largest request head: hyper answers 431 past it (it cannot go below 8 KiB).
+    pub max_header_bytes: usize,
+    /// The node's connection cap, shared with its other listeners, and the counter of
+    /// connections it refused. `None` for listeners outside it (admin, `outpost run`).
+    pub connections: Option<(Arc<Semaphore>, prometheus::IntCounter)>,
+}
+
+impl PlainLimits {
+    /// The defaults, without a connection cap.
+    pub fn uncapped(header_timeout: Duration) -> Self {
+        Self {
+            header_timeout,
+            max_header_bytes: MAX_HEADER_BYTES,
+            connections: None,
+        }
+    }
+}
 
 /// The next connection, or `None` once `shutdown` turns true. Accept errors (out of file
 /// descriptors, for one) are logged and retried after a pause, never fatal.
@@ -42,12 +68,23 @@ pub async fn accept_until(
 pub async fn serve(
     listener: TcpListener,
     handler: Handler,
-    header_timeout: Duration,
+    limits: PlainLimits,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) {
     let graceful = GracefulShutdown::new();
     while let Some((stream, remote)) = accept_until(&listener, &mut shutdown).await {
+        // Held by the connection's task: the slot frees when the connection ends.
+        let permit = match &limits.connections {
+            None => None,
+            Some((cap, refused)) => match cap.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    refused.inc();
+                    continue;
+                }
+            },
+        };
         let Ok(local) = stream.local_addr() else {
             continue;
         };
@@ -65,10 +102,12 @@ pub async fn serve(
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
             .serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(connection);
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = watched.await {
                 tracing::debug!(error = %e, %remote, "connection ended with an error");
             }

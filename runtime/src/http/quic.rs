@@ -185,7 +185,16 @@ async fn serve_request(
     let (mut send, recv) = stream.split();
     let body = InBody::h3(recv).await;
     let response = handler(req.map(|()| body), info).await;
-    let (parts, mut body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
+    // hyper adds Date to HTTP/1.1 and HTTP/2 responses (RFC 9110 6.6.1: an origin server with
+    // a clock must send it); h3 leaves it to us.
+    if !parts.headers.contains_key(http::header::DATE) {
+        if let Ok(date) = http::HeaderValue::from_str(&httpdate::fmt_http_date(
+            std::time::SystemTime::now(),
+        )) {
+            parts.headers.insert(http::header::DATE, date);
+        }
+    }
     if send
         .send_response(http::Response::from_parts(parts, ()))
         .await
