@@ -346,8 +346,8 @@ impl Sandbox {
     fn load_cached(&self, digest: &str) -> Option<Module> {
         let artifact = self.cache.get(digest)?;
         // SAFETY: the bytes come from outpost's own artifact cache: written by `compile` below
-        // for this exact module digest and engine fingerprint, and checksummed on read, so
-        // they are an artifact this engine produced.
+        // for this exact module digest and engine fingerprint, and authenticated on read with
+        // an HMAC under this node's private key, so they are an artifact this engine produced.
         match unsafe { Module::deserialize(&self.engine, artifact) } {
             Ok(module) => Some(module),
             Err(e) => {
