@@ -30,7 +30,9 @@ enum Command {
 const WASMER_VIEW_TARGET: &str = "wasmer::backend::sys::entities::memory";
 
 fn log_filter() -> tracing_subscriber::EnvFilter {
-    let from_env = std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty());
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
     let names_wasmer = from_env.as_deref().is_some_and(|s| s.contains("wasmer"));
     let filter = from_env
         .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use edge_config::{Config, HostPattern};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls_pki_types::pem::{self, PemObject};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::{self, PemObject};
 
 /// Read a PEM certificate chain and private key.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {

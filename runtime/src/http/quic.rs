@@ -189,9 +189,9 @@ async fn serve_request(
     // hyper adds Date to HTTP/1.1 and HTTP/2 responses (RFC 9110 6.6.1: an origin server with
     // a clock must send it); h3 leaves it to us.
     if !parts.headers.contains_key(http::header::DATE) {
-        if let Ok(date) = http::HeaderValue::from_str(&httpdate::fmt_http_date(
-            std::time::SystemTime::now(),
-        )) {
+        if let Ok(date) =
+            http::HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
+        {
             parts.headers.insert(http::header::DATE, date);
         }
     }

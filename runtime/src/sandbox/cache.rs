@@ -54,7 +54,10 @@ fn euid() -> u32 {
 fn check_data_dir(dir: &Path) -> std::io::Result<()> {
     let meta = fs::metadata(dir)?;
     if meta.uid() != euid() && meta.uid() != 0 {
-        return Err(refuse(dir, "owned by another user; refusing to keep artifacts there"));
+        return Err(refuse(
+            dir,
+            "owned by another user; refusing to keep artifacts there",
+        ));
     }
     if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
         return Err(refuse(
@@ -70,13 +73,19 @@ fn check_data_dir(dir: &Path) -> std::io::Result<()> {
 fn check_cache_dir(dir: &Path) -> std::io::Result<()> {
     let meta = fs::symlink_metadata(dir)?;
     if meta.file_type().is_symlink() {
-        return Err(refuse(dir, "is a symlink; refusing to use it as the artifact cache"));
+        return Err(refuse(
+            dir,
+            "is a symlink; refusing to use it as the artifact cache",
+        ));
     }
     if !meta.is_dir() {
         return Err(refuse(dir, "is not a directory"));
     }
     if meta.uid() != euid() {
-        return Err(refuse(dir, "owned by another user; refusing to use it as the artifact cache"));
+        return Err(refuse(
+            dir,
+            "owned by another user; refusing to use it as the artifact cache",
+        ));
     }
     if meta.mode() & 0o022 != 0 {
         return Err(refuse(
@@ -138,7 +147,10 @@ fn read_key(path: &Path) -> std::io::Result<Vec<u8>> {
         return Err(refuse(path, "is not a regular file"));
     }
     if meta.uid() != euid() {
-        return Err(refuse(path, "owned by another user; refusing it as the artifact key"));
+        return Err(refuse(
+            path,
+            "owned by another user; refusing it as the artifact key",
+        ));
     }
     if meta.mode() & 0o077 != 0 {
         return Err(refuse(
@@ -197,7 +209,11 @@ impl ArtifactCache {
     /// one's name does not verify.
     fn key_for(&self, module_digest: &str) -> hmac::Key {
         let mut ctx = hmac::Context::with_key(&self.key);
-        for part in [&MAGIC[..], module_digest.as_bytes(), self.fingerprint.as_bytes()] {
+        for part in [
+            &MAGIC[..],
+            module_digest.as_bytes(),
+            self.fingerprint.as_bytes(),
+        ] {
             ctx.update(&(part.len() as u64).to_le_bytes());
             ctx.update(part);
         }
@@ -292,7 +308,10 @@ mod tests {
             let mut bytes = fs::read(&path).expect("read");
             bytes[at] ^= 0x01;
             fs::write(&path, bytes).expect("write");
-            assert!(cache.get("abc").is_none(), "a flipped byte at {at} is a miss");
+            assert!(
+                cache.get("abc").is_none(),
+                "a flipped byte at {at} is a miss"
+            );
             assert!(!path.exists(), "the damaged file is removed");
         }
         // No temp files are left behind.
@@ -309,7 +328,10 @@ mod tests {
         cache.put("one", b"artifact of one").expect("put");
         // A valid artifact of another module, under this one's name.
         fs::copy(cache.path_for("one"), cache.path_for("two")).expect("copy");
-        assert!(cache.get("two").is_none(), "another digest's artifact is a miss");
+        assert!(
+            cache.get("two").is_none(),
+            "another digest's artifact is a miss"
+        );
         // An artifact in the right format, checksummed as before, but not under this key.
         let forged = {
             let other = tempfile::tempdir().expect("tempdir");
@@ -318,11 +340,17 @@ mod tests {
             fs::read(foreign.path_for("one")).expect("read")
         };
         fs::write(cache.path_for("one"), forged).expect("plant");
-        assert!(cache.get("one").is_none(), "another node's artifact is a miss");
+        assert!(
+            cache.get("one").is_none(),
+            "another node's artifact is a miss"
+        );
         // The key survives a restart: what this node wrote still verifies.
         cache.put("one", b"artifact of one").expect("put");
         let reopened = cache_in(dir.path(), "fp");
-        assert_eq!(reopened.get("one").as_deref(), Some(&b"artifact of one"[..]));
+        assert_eq!(
+            reopened.get("one").as_deref(),
+            Some(&b"artifact of one"[..])
+        );
     }
 
     #[test]
@@ -335,7 +363,11 @@ mod tests {
         assert_eq!(meta.len(), KEY_BYTES as u64);
         let before = fs::read(&key).expect("read");
         cache_in(dir.path(), "fp");
-        assert_eq!(fs::read(&key).expect("read"), before, "the key is created once");
+        assert_eq!(
+            fs::read(&key).expect("read"),
+            before,
+            "the key is created once"
+        );
 
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).expect("chmod");
         let err = ArtifactCache::open(dir.path(), "fp".into()).expect_err("readable key");

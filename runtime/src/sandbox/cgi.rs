@@ -241,7 +241,9 @@ pub enum Progress<'a> {
 
 enum HeadState {
     /// Collecting the head; `buf` holds at most `MAX_HEAD_BYTES` of it.
-    Collecting { buf: Vec<u8> },
+    Collecting {
+        buf: Vec<u8>,
+    },
     Done,
     Failed(HeadError),
 }
@@ -526,7 +528,10 @@ mod tests {
             parse_whole(b"just text"),
             Err(HeadError::Malformed("invalid header name, or no colon"))
         );
-        assert!(matches!(parse_whole(b"Status: 7\n\n"), Err(HeadError::BadStatus(_))));
+        assert!(matches!(
+            parse_whole(b"Status: 7\n\n"),
+            Err(HeadError::BadStatus(_))
+        ));
     }
 
     #[test]
@@ -544,18 +549,19 @@ mod tests {
         assert_eq!(parse_whole(&many), Err(HeadError::TooManyLines));
         let mut enough = b"A: b\n".repeat(MAX_HEAD_LINES);
         enough.push(b'\n');
-        assert_eq!(ok(&enough).0.headers.get_all("a").iter().count(), MAX_HEAD_LINES);
+        assert_eq!(
+            ok(&enough).0.headers.get_all("a").iter().count(),
+            MAX_HEAD_LINES
+        );
     }
 
     #[test]
     fn a_head_split_inside_a_header_name_is_still_a_head() {
         // The bug this parser replaced: a newline near the start of a write was taken for the
         // blank line, and `X-Foo: bar` went out as body.
-        let (head, body) = parse_writes([
-            &b"Content-Type: text/plain\nX-"[..],
-            b"Foo: bar\n\nhello",
-        ])
-        .expect("response");
+        let (head, body) =
+            parse_writes([&b"Content-Type: text/plain\nX-"[..], b"Foo: bar\n\nhello"])
+                .expect("response");
         assert_eq!(head.headers["x-foo"], "bar");
         assert_eq!(head.headers["content-type"], "text/plain");
         assert_eq!(body, b"hello");
@@ -620,7 +626,11 @@ mod tests {
             // Every single split point, including empty first and last writes.
             for at in 0..=output.len() {
                 let (a, b) = output.split_at(at);
-                assert_eq!(parse_writes([a, b]).as_ref(), Ok(&whole), "{name:?} split at {at}");
+                assert_eq!(
+                    parse_writes([a, b]).as_ref(),
+                    Ok(&whole),
+                    "{name:?} split at {at}"
+                );
             }
             // Every byte its own write.
             assert_eq!(
@@ -701,8 +711,14 @@ mod tests {
         assert!(vars.contains(&"SERVER_PORT=8080"));
         assert!(vars.contains(&"REMOTE_ADDR=127.0.0.1"));
         assert!(!vars.iter().any(|v| v.contains("NUL") || v.contains("BAD")));
-        assert!(!vars.iter().any(|v| v.starts_with("HTTP_PROXY=")), "httpoxy");
-        assert!(!vars.contains(&"HTTP_X_FORWARDED_FOR=6.6.6.6"), "underscore spelling");
+        assert!(
+            !vars.iter().any(|v| v.starts_with("HTTP_PROXY=")),
+            "httpoxy"
+        );
+        assert!(
+            !vars.contains(&"HTTP_X_FORWARDED_FOR=6.6.6.6"),
+            "underscore spelling"
+        );
         assert_eq!(vars.last(), Some(&"GREETING=hi"));
         assert!(!vars.iter().any(|v| v.starts_with("HTTPS=")));
     }

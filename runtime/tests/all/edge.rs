@@ -268,6 +268,17 @@ fn each_tenant_is_served_with_its_certificate_over_tcp_and_quic() {
     let (json, body) = edge.h3("www.globex.test", "/", "GET", None);
     assert_eq!(json["status"], 200);
     assert_eq!(body, b"Hello from outpost!\n");
+    // Every protocol dates its responses (RFC 9110 6.6.1); hyper does it for HTTP/1.1 and 2.
+    let date = json["headers"]
+        .as_array()
+        .and_then(|h| h.iter().find(|kv| kv[0] == "date"))
+        .and_then(|kv| kv[1].as_str())
+        .unwrap_or_else(|| panic!("no Date over HTTP/3: {json}"));
+    let sent = httpdate::parse_http_date(date).expect("an HTTP date");
+    let skew = std::time::SystemTime::now()
+        .duration_since(sent)
+        .unwrap_or_else(|e| e.duration());
+    assert!(skew < std::time::Duration::from_secs(60), "Date {date}");
 
     let payload: Vec<u8> = (0..5 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8)
