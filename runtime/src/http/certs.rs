@@ -209,10 +209,10 @@ mod tests {
         assert_eq!(pair.cert.len(), 1);
 
         // A key file that holds only a certificate: no private key in it.
-        let err = load_pair(&cert, &cert).err().expect("no key");
+        let err = load_pair(&cert, &cert).expect_err("no key");
         assert!(err.ends_with("holds no private key"), "{err}");
         // A certificate file that holds only a key: no certificate in it.
-        let err = load_pair(&key, &key).err().expect("no cert");
+        let err = load_pair(&key, &key).expect_err("no cert");
         assert!(err.ends_with("holds no certificate"), "{err}");
         // A PEM section with a body that is not base64.
         let broken = dir.path().join("broken.pem");
@@ -221,7 +221,7 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
         )
         .expect("write");
-        let err = load_pair(&broken, &key).err().expect("bad pem");
+        let err = load_pair(&broken, &key).expect_err("bad pem");
         assert!(err.contains("not a PEM certificate chain"), "{err}");
     }
 }

@@ -619,7 +619,7 @@ mod tests {
 
     #[test]
     fn every_split_of_a_valid_output_gives_the_same_response() {
-        let mut seed = 0x6f75_7470_6f73_74;
+        let mut seed = 0x006f_7574_706f_7374;
         for output in valid_outputs() {
             let whole = ok(&output);
             let name = String::from_utf8_lossy(&output[..output.len().min(40)]).into_owned();
