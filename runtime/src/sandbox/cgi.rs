@@ -479,6 +479,8 @@ mod tests {
         assert_eq!(ok(b"A: b\r\n\nbody").1, b"body");
         assert_eq!(ok(b"A: b\n\r\nbody").1, b"body");
         assert_eq!(ok(b"\nbody").1, b"body");
+        // No headers: the first newline is the blank line, and what follows is body.
+        assert_eq!(ok(b"\n\nbody").1, b"\nbody");
         assert_eq!(ok(b"\r\n\nbody").1, b"\nbody");
         assert_eq!(parse_whole(b"A: b\nC: d\n"), Err(HeadError::NoBlankLine));
     }

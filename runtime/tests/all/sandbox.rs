@@ -146,7 +146,7 @@ fn recycled_memory_is_clean_for_the_next_request() {
         r#"(module
           (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
           (memory (export "memory") 4)
-          (data (i32.const 16) "\n\nclean\n\n\ndirty\n")
+          (data (i32.const 16) "\r\nclean\n\r\ndirty\n")
           (func (export "_start")
             (local $i i32)
             (drop (memory.grow (i32.const 2)))
@@ -190,7 +190,7 @@ fn a_memory_reused_at_the_same_size_is_clean_with_or_without_a_scan() {
           (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
           (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))
           (memory (export "memory") 2)
-          (data (i32.const 16) "\n\nclean\n\n\ndirty\n")
+          (data (i32.const 16) "\r\nclean\n\r\ndirty\n")
           (func (export "_start")
             (local $far i32) (local $dirty i32)
             (i32.store (i32.const 32) (i32.const 48))
