@@ -18,6 +18,8 @@ pub struct Metrics {
     pub limit_exceeded: IntCounterVec,
     pub failures: IntCounterVec,
     pub active: IntGaugeVec,
+    pub queue_wait: HistogramVec,
+    pub queue_depth: IntGaugeVec,
     pub module_loads: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub unrouted: prometheus::IntCounter,
@@ -71,6 +73,14 @@ impl Metrics {
             &["tenant"],
         )?;
         registry.register(Box::new(active.clone()))?;
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "outpost_queue_depth",
+                "Requests waiting for one of their tenant's CPU slots (sampled when scraped)",
+            ),
+            &["tenant"],
+        )?;
+        registry.register(Box::new(queue_depth.clone()))?;
         Ok(Self {
             requests: counter(
                 &registry,
@@ -90,8 +100,16 @@ impl Metrics {
                 "outpost_instantiate_seconds",
                 "Time to create a fresh instance",
                 &["tenant"],
+                seconds.clone(),
+            )?,
+            queue_wait: histogram(
+                &registry,
+                "outpost_queue_wait_seconds",
+                "Time a request waited for one of its tenant's CPU slots before its guest started",
+                &["tenant"],
                 seconds,
             )?,
+            queue_depth,
             fuel_used: counter(
                 &registry,
                 "outpost_fuel_used_total",

@@ -74,6 +74,13 @@ impl State {
         }
     }
 
+    /// Each tenant's requests waiting for a CPU slot now.
+    pub fn queue_depths(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.tenants
+            .iter()
+            .map(|(name, t)| (name.as_str(), t.envelope.queued()))
+    }
+
     /// Ready when every routed app has a compiled version.
     pub fn ready(&self) -> bool {
         self.apps.iter().all(|a| a.error.is_none())

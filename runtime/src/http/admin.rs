@@ -30,11 +30,19 @@ pub fn handler(live: Arc<Live>, metrics: Arc<Metrics>) -> Handler {
         let (live, metrics) = (live.clone(), metrics.clone());
         Box::pin(async move {
             match req.uri().path() {
-                "/metrics" => text(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4",
-                    metrics.render(),
-                ),
+                "/metrics" => {
+                    for (tenant, depth) in live.state.load().queue_depths() {
+                        metrics
+                            .queue_depth
+                            .with_label_values(&[tenant])
+                            .set(depth as i64);
+                    }
+                    text(
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4",
+                        metrics.render(),
+                    )
+                }
                 "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
                 "/readyz" => {
                     let state = live.state.load();
