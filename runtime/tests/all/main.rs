@@ -1,7 +1,9 @@
 //! outpost's integration tests: one binary, one module per area.
 
 mod edge;
+mod hostile;
 mod run;
 mod sandbox;
 mod serve;
+mod soak;
 mod support;
