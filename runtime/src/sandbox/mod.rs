@@ -597,6 +597,14 @@ impl Sandbox {
                 return run.failed_early(failure);
             }
         };
+        // wasix's blocking calls (futex waits, polls) are host waits the interrupt cannot end:
+        // at the deadline the process is also killed, which wakes them.
+        let process = wasi_env.data(&store).process.clone();
+        let kill: watchdog::OnFire =
+            Arc::new(move || process.signal_process(wasmer_wasix::wasmer_wasix_types::wasi::Signal::Sigkill));
+        let _killer = self
+            .watchdog
+            .arm_with(run.deadline, store.interrupter(), Some(kill));
         let ran = self.call_start(&mut store, &instance, &run, guard);
         wasi_env.on_exit(&mut store, None);
         let memory_peak = budget.used();
@@ -646,6 +654,8 @@ impl Sandbox {
                     None
                 }
                 Some(HostStop::Fail(f)) => Some(f.clone()),
+                // Whatever a guest stopped by its deadline reports (wasix reports an exit).
+                None if timed_out => Some(Failure::Limit(Limit::Time)),
                 None => match wasix::exit_code(&e) {
                     Some(code) => {
                         exit_code = Some(code);

@@ -30,6 +30,7 @@ const RUNS: &[(&str, u16, Option<&str>)] = &[
     // The head went out before the cap was hit: the body is cut short (curl reports it).
     ("hostile_stdout_flood", 200, Some(CUT)),
     ("hostile_sleep", 504, None),
+    ("hostile_wasix_futex", 504, None),
     ("hostile_cgi_split", 200, Some("hello")),
 ];
 
@@ -114,6 +115,7 @@ fn curl_many(url: &str, n: usize, parallel: usize) -> Vec<(u16, f64)> {
 
 #[test]
 fn each_hostile_guest_fails_alone_within_its_deadline_and_memory_stays_flat() {
+    let _alone = heavy_test();
     let dir = TempDir::new("hostile");
     let cfg = dir.path("node.toml");
     std::fs::write(&cfg, config(&dir)).expect("write config");
@@ -207,6 +209,7 @@ fn each_hostile_guest_fails_alone_within_its_deadline_and_memory_stays_flat() {
 /// spinning on the CPU; tenant B's hello keeps answering promptly throughout.
 #[test]
 fn a_tenant_at_its_limit_does_not_starve_another() {
+    let _alone = heavy_test();
     let dir = TempDir::new("fair");
     let cfg = dir.path("node.toml");
     let config = format!(

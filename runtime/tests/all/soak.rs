@@ -119,6 +119,7 @@ struct Counts {
 
 #[test]
 fn good_requests_never_fail_among_hostile_guests_and_clients() {
+    let _alone = heavy_test();
     let dir = TempDir::new("soak");
     let pki = make_pki(&dir.0);
     let cfg = dir.path("node.toml");
@@ -327,13 +328,19 @@ fn good_requests_never_fail_among_hostile_guests_and_clients() {
     assert_eq!(
         failed,
         0,
-        "good requests failed: {:?}",
+        "good requests failed: {:?}\n{}",
         failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .take(10)
+            .collect::<Vec<_>>(),
+        node.log_text()
+            .lines()
+            .filter(|l| !l.contains("outpost::request"))
+            .take(60)
             .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(good - good_before > 100, "too few good requests ran");
     // Idle pooled memories keep up to 4 MiB resident each, whichever guests used them last:

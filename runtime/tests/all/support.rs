@@ -16,6 +16,13 @@ pub fn repo_root() -> PathBuf {
     manifest_dir.parent().expect("workspace root").to_path_buf()
 }
 
+/// Held by the tests that load the node heavily or measure time (the soak, the hostile and the
+/// fairness tests): they run one at a time, so neither's load skews the other's figures.
+pub fn heavy_test() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Scratch space for one test, removed when dropped.
 pub struct TempDir(pub PathBuf);
 
