@@ -17,7 +17,8 @@ use crate::http::quic::QuicListener;
 use crate::http::tls::{ConnLimits, TlsListener};
 use crate::http::Handler;
 use crate::metrics::Metrics;
-use crate::node::{self, Live, Routed, State};
+use crate::node::sync::{Nudge, Syncer};
+use crate::node::{self, Live, NodeContext, Routed, State};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use rustls::sign::CertifiedKey;
 
@@ -47,13 +48,17 @@ fn request_handler(live: Arc<Live>, shared: Arc<Shared>) -> Handler {
             let state = live.state.load_full();
             let found = state.router.lookup(&host, req.uri().path());
             match found {
-                Some((prefix, Routed::Ready(target))) => {
+                Some((prefix, Routed::App(slot))) => {
+                    // The version this request runs on, whatever the sync loop swaps meanwhile.
+                    let Some(target) = slot.target() else {
+                        tracing::info!(target: "outpost::request", %host, app = %slot.name, status = 503, "app not ready");
+                        return error_response(&Failure::NotReady);
+                    };
                     let script = if prefix.as_str() == "/" {
                         ""
                     } else {
                         prefix.as_str()
                     };
-                    let target = target.clone();
                     let script = script.to_string();
                     drop(state);
                     serve_app(&shared, &target, req, &conn, &script).await
@@ -75,7 +80,7 @@ fn request_handler(live: Arc<Live>, shared: Arc<Shared>) -> Handler {
 #[derive(Clone)]
 struct Reloadable {
     live: Arc<Live>,
-    sandbox: Arc<Sandbox>,
+    ctx: Arc<NodeContext>,
     metrics: Arc<Metrics>,
     certs: Option<(Arc<SniResolver>, Arc<CertifiedKey>)>,
 }
@@ -83,7 +88,7 @@ struct Reloadable {
 async fn reload(path: PathBuf, r: Reloadable) {
     let Reloadable {
         live,
-        sandbox,
+        ctx,
         metrics,
         certs,
     } = r;
@@ -94,12 +99,12 @@ async fn reload(path: PathBuf, r: Reloadable) {
         if config.listen != previous.config.listen || config.node != previous.config.node {
             tracing::warn!("[listen] and [node] changes take effect at the next restart");
         }
-        Ok::<State, edge_config::Diagnostics>(node::build(config, &previous, &sandbox))
+        Ok::<State, edge_config::Diagnostics>(node::build(config, &previous, &ctx))
     })
     .await;
     match built {
         Ok(Ok(state)) => {
-            let (apps, routes) = (state.apps.len(), state.router.len());
+            let (apps, routes) = (state.slots.len(), state.router.len());
             if let Some((resolver, default)) = &certs {
                 resolver
                     .certs
@@ -168,9 +173,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listen = config.listen.clone();
     let tls = config.tls.clone();
     let data_dir = config.node.data_dir.clone();
-    let state = node::build(config.clone(), &State::empty(config), &sandbox);
+    let ctx = Arc::new(
+        NodeContext::new(&data_dir, sandbox.clone(), metrics.clone())
+            .context("cannot open the bundle cache")?,
+    );
+    let notify_token = config.registry.notify_token_file.clone();
+    let state = node::build(config.clone(), &State::empty(config), &ctx);
     tracing::info!(
-        apps = state.apps.len(),
+        apps = state.slots.len(),
         routes = state.router.len(),
         ready = state.ready(),
         "configuration loaded"
@@ -216,6 +226,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     runtime.block_on(async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let nudge = Arc::new(Nudge::default());
+        let syncer = tokio::spawn(
+            Syncer {
+                ctx: ctx.clone(),
+                live: live.clone(),
+                nudge: nudge.clone(),
+            }
+            .run(),
+        );
         let mut listeners = tokio::task::JoinSet::new();
         let admin = tokio::net::TcpListener::bind(listen.admin)
             .await
@@ -223,7 +242,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("admin listening on http://{}", admin.local_addr()?);
         listeners.spawn(crate::http::plain::serve(
             admin,
-            crate::http::admin::handler(live.clone(), metrics.clone()),
+            crate::http::admin::handler(
+                live.clone(),
+                metrics.clone(),
+                notify_token.map(|token_file| crate::http::admin::Notifications {
+                    token_file,
+                    nudge: nudge.clone(),
+                }),
+            ),
             listen.header_timeout,
             stopped.clone(),
             Duration::from_secs(1),
@@ -281,7 +307,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         let reloadable = Reloadable {
             live: live.clone(),
-            sandbox: sandbox.clone(),
+            ctx: ctx.clone(),
             metrics: metrics.clone(),
             certs: certs.clone(),
         };
@@ -289,6 +315,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         super::terminate_signal().await;
         tracing::info!("shutting down: no new connections; finishing open requests");
         watcher.abort();
+        syncer.abort();
         let _ = stop.send(true);
         while listeners.join_next().await.is_some() {}
         tracing::info!("stopped");
