@@ -202,7 +202,9 @@ impl Metrics {
         if let Some(before) = before.filter(|b| *b != digest) {
             let _ = self.app_info.remove_label_values(&[tenant, app, before]);
         }
-        self.app_info.with_label_values(&[tenant, app, digest]).set(1);
+        self.app_info
+            .with_label_values(&[tenant, app, digest])
+            .set(1);
     }
 
     /// The registry in Prometheus text format.

@@ -34,7 +34,9 @@ const TENANT_ANNOTATION: &str = "dev.outpost.tenant";
 pub enum Routed {
     App(Arc<AppSlot>),
     /// The route names no app (cannot happen after validation; kept total).
-    NotReady { app: String },
+    NotReady {
+        app: String,
+    },
 }
 
 /// One app as `/apps` reports it.
@@ -186,7 +188,8 @@ impl AppSlot {
     /// The module's run settings: the bundle's, with the node config's env on top and its
     /// args instead when it names any.
     pub fn run_settings(&self, bundle: Option<&Verified>) -> (Vec<String>, Vec<(String, String)>) {
-        let mut env: BTreeMap<String, String> = bundle.map(|b| b.config.env.clone()).unwrap_or_default();
+        let mut env: BTreeMap<String, String> =
+            bundle.map(|b| b.config.env.clone()).unwrap_or_default();
         env.extend(self.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let args = match bundle {
             Some(b) if self.spec.args.is_empty() => b.config.args.clone(),
@@ -218,7 +221,11 @@ pub struct NodeContext {
 }
 
 impl NodeContext {
-    pub fn new(data_dir: &std::path::Path, sandbox: Arc<Sandbox>, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    pub fn new(
+        data_dir: &std::path::Path,
+        sandbox: Arc<Sandbox>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
         Ok(Self {
             sandbox,
             metrics,
@@ -248,16 +255,27 @@ impl NodeContext {
     /// Record that `slot` serves version `v`, so a restart serves it from the cache.
     pub fn record(&self, slot: &AppSlot, v: &Verified) -> Result<(), crate::bundle::Rejection> {
         let extra = BTreeMap::from([
-            (SOURCE_ANNOTATION.to_string(), source_text(&slot.spec.source)),
+            (
+                SOURCE_ANNOTATION.to_string(),
+                source_text(&slot.spec.source),
+            ),
             (SIGNATURE_ANNOTATION.to_string(), v.signature.clone()),
             (TENANT_ANNOTATION.to_string(), slot.tenant.clone()),
         ]);
-        self.cache
-            .set_ref(&format!("apps/{}", slot.name), &v.digest, v.manifest_size, extra)
+        self.cache.set_ref(
+            &format!("apps/{}", slot.name),
+            &v.digest,
+            v.manifest_size,
+            extra,
+        )
     }
 
     /// The version this app last served with the same source, proven from the cache alone.
-    fn recorded(&self, slot: &AppSlot, caps: Caps) -> Option<Result<Verified, crate::bundle::Rejection>> {
+    fn recorded(
+        &self,
+        slot: &AppSlot,
+        caps: Caps,
+    ) -> Option<Result<Verified, crate::bundle::Rejection>> {
         let entry = self.cache.resolve(&format!("apps/{}", slot.name)).ok()??;
         let notes = entry.annotations.as_ref()?;
         if notes.get(SOURCE_ANNOTATION)? != &source_text(&slot.spec.source)
@@ -266,7 +284,13 @@ impl NodeContext {
             return None;
         }
         let signature = notes.get(SIGNATURE_ANNOTATION)?;
-        Some(verify_cached(&self.cache, &entry.digest, signature, &slot.keys, caps))
+        Some(verify_cached(
+            &self.cache,
+            &entry.digest,
+            signature,
+            &slot.keys,
+            caps,
+        ))
     }
 }
 
@@ -465,13 +489,17 @@ fn first_version(slot: &AppSlot, old: Option<&AppSlot>, ctx: &NodeContext, caps:
         }
         Ok(None) => {}
         Err(e) => {
-            let kept = old.filter(|o| o.tenant == slot.tenant).and_then(|o| o.current.load_full());
+            let kept = old
+                .filter(|o| o.tenant == slot.tenant)
+                .and_then(|o| o.current.load_full());
             match kept {
                 Some(version) => {
                     tracing::error!(app = %name, error = %e, "new version refused; the last good version keeps serving");
                     slot.adopt(&version);
                 }
-                None => tracing::error!(app = %name, tenant = %slot.tenant, error = %e, "app not ready"),
+                None => {
+                    tracing::error!(app = %name, tenant = %slot.tenant, error = %e, "app not ready")
+                }
             }
             slot.set_error(e, None);
             return;
@@ -480,7 +508,10 @@ fn first_version(slot: &AppSlot, old: Option<&AppSlot>, ctx: &NodeContext, caps:
     if slot.current.load().is_none() {
         // A bundle app not in the cache: serve the previous version until the sync loop has
         // pulled this one (a pinned rollback, a changed env).
-        if let Some(version) = old.filter(|o| o.tenant == slot.tenant).and_then(|o| o.current.load_full()) {
+        if let Some(version) = old
+            .filter(|o| o.tenant == slot.tenant)
+            .and_then(|o| o.current.load_full())
+        {
             slot.adopt(&version);
         }
     }

@@ -33,7 +33,11 @@ pub struct PullTimes {
     pub verify: Duration,
 }
 
-async fn manifest_into_cache(store: &Store, cache: &Layout, digest: &str) -> Result<Vec<u8>, Rejection> {
+async fn manifest_into_cache(
+    store: &Store,
+    cache: &Layout,
+    digest: &str,
+) -> Result<Vec<u8>, Rejection> {
     if let Ok(bytes) = cache.read_blob(digest, None, MAX_MANIFEST_BYTES, true) {
         return Ok(bytes);
     }
@@ -71,7 +75,10 @@ pub async fn pull(
     };
     verify_document(&doc_bytes, digest, keys)?;
     for d in bundle.blobs() {
-        if cache.read_blob(&d.digest, Some(d.size), d.size, true).is_ok() {
+        if cache
+            .read_blob(&d.digest, Some(d.size), d.size, true)
+            .is_ok()
+        {
             continue;
         }
         let bytes = store.blob(d).await?;
@@ -95,9 +102,19 @@ pub fn verify_cached(
     let doc = check_signature_manifest(&sig_manifest)?;
     let doc_bytes = cache.read_blob(&doc.digest, Some(doc.size), MAX_SIGNATURE_BYTES, true)?;
     verify_document(&doc_bytes, digest, keys)?;
-    let config_bytes = cache.read_blob(&bundle.config.digest, Some(bundle.config.size), bundle.config.size, true)?;
+    let config_bytes = cache.read_blob(
+        &bundle.config.digest,
+        Some(bundle.config.size),
+        bundle.config.size,
+        true,
+    )?;
     let config = parse_config(&config_bytes)?;
-    let module = cache.read_blob(&bundle.wasm.digest, Some(bundle.wasm.size), bundle.wasm.size, true)?;
+    let module = cache.read_blob(
+        &bundle.wasm.digest,
+        Some(bundle.wasm.size),
+        bundle.wasm.size,
+        true,
+    )?;
     if let Some(assets) = &bundle.assets {
         cache.read_blob(&assets.digest, Some(assets.size), assets.size, true)?;
     }
@@ -161,22 +178,36 @@ mod tests {
             let digest = source.resolve("v1").await.expect("resolve").expect("tag");
             assert_eq!(digest, bundle.digest);
             let keys = [key.verifying_key()];
-            let err = pull(&source, &cache, &digest, &keys, CAPS).await.expect_err("unsigned");
+            let err = pull(&source, &cache, &digest, &keys, CAPS)
+                .await
+                .expect_err("unsigned");
             assert_eq!(err.reason(), "unsigned");
             let sig = build_signature_artifact(sign_document(&digest, &other));
-            source.push(&sig, &signature_tag(&digest)).await.expect("push sig");
-            let err = pull(&source, &cache, &digest, &keys, CAPS).await.expect_err("other key");
+            source
+                .push(&sig, &signature_tag(&digest))
+                .await
+                .expect("push sig");
+            let err = pull(&source, &cache, &digest, &keys, CAPS)
+                .await
+                .expect_err("other key");
             assert_eq!(err.reason(), "signature");
             let sig = build_signature_artifact(sign_document(&digest, &key));
-            source.push(&sig, &signature_tag(&digest)).await.expect("push sig");
+            source
+                .push(&sig, &signature_tag(&digest))
+                .await
+                .expect("push sig");
             let (v, _) = pull_and_verify(&source, &cache, &digest, &keys, CAPS)
                 .await
                 .expect("verified");
             assert_eq!(v.module, b"\0asm\x01\0\0\0");
             // Offline: the cache alone proves it, and only for the tenant's keys.
-            let offline = verify_cached(&cache, &digest, &sig.digest, &keys, CAPS).expect("offline");
+            let offline =
+                verify_cached(&cache, &digest, &sig.digest, &keys, CAPS).expect("offline");
             assert_eq!(offline.digest, digest);
-            assert!(verify_cached(&cache, &digest, &sig.digest, &[other.verifying_key()], CAPS).is_err());
+            assert!(
+                verify_cached(&cache, &digest, &sig.digest, &[other.verifying_key()], CAPS)
+                    .is_err()
+            );
         });
     }
 }

@@ -33,7 +33,9 @@ pub fn digest_of(bytes: &[u8]) -> String {
 /// digits. Anything else is refused before it is used as a file name or in a URL.
 pub fn valid_digest(d: &str) -> bool {
     d.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -124,8 +126,15 @@ fn manifest_bytes(m: &Manifest) -> Vec<u8> {
 
 /// Build a bundle from a module, its run settings and an optional assets tar. Deterministic:
 /// the same inputs give the same manifest digest.
-pub fn build_bundle(module: Vec<u8>, config: &BundleConfig, assets_tar: Option<Vec<u8>>) -> BuiltBundle {
-    let config_blob = Blob::new(CONFIG_MEDIA_TYPE, serde_json::to_vec(config).unwrap_or_default());
+pub fn build_bundle(
+    module: Vec<u8>,
+    config: &BundleConfig,
+    assets_tar: Option<Vec<u8>>,
+) -> BuiltBundle {
+    let config_blob = Blob::new(
+        CONFIG_MEDIA_TYPE,
+        serde_json::to_vec(config).unwrap_or_default(),
+    );
     let wasm = Blob::new(WASM_MEDIA_TYPE, module);
     let mut layers = vec![wasm.descriptor.clone()];
     let mut blobs = vec![config_blob.clone(), wasm];
@@ -187,7 +196,9 @@ pub struct BundleManifest {
 
 impl BundleManifest {
     pub fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
-        [&self.config, &self.wasm].into_iter().chain(self.assets.as_ref())
+        [&self.config, &self.wasm]
+            .into_iter()
+            .chain(self.assets.as_ref())
     }
 }
 
@@ -198,8 +209,11 @@ fn parse_manifest(bytes: &[u8]) -> Result<Manifest, Rejection> {
             bytes.len()
         )));
     }
-    let m: Manifest = serde_json::from_slice(bytes)
-        .map_err(|e| Rejection::Manifest(format!("the manifest is not an OCI image manifest in JSON: {e}")))?;
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| {
+        Rejection::Manifest(format!(
+            "the manifest is not an OCI image manifest in JSON: {e}"
+        ))
+    })?;
     if m.schema_version != 2 {
         return Err(Rejection::Manifest(format!(
             "schemaVersion is {}, expected 2",
@@ -291,7 +305,9 @@ pub fn check_signature_manifest(bytes: &[u8]) -> Result<Descriptor, Rejection> {
         .layers
         .iter()
         .find(|l| l.media_type == SIGNATURE_MEDIA_TYPE)
-        .ok_or_else(|| Rejection::Signature("the signature artifact holds no signature document".into()))?;
+        .ok_or_else(|| {
+            Rejection::Signature("the signature artifact holds no signature document".into())
+        })?;
     if doc.size > MAX_SIGNATURE_BYTES {
         return Err(Rejection::TooLarge(format!(
             "the signature document is {} bytes, over the {MAX_SIGNATURE_BYTES}-byte cap",
@@ -379,16 +395,24 @@ mod tests {
             reason(&edit(&|m| m.layers[0].media_type = "text/plain".into())),
             "layer"
         );
-        assert_eq!(reason(&edit(&|m| m.layers[0].size = (1 << 20) + 1)), "too_large");
+        assert_eq!(
+            reason(&edit(&|m| m.layers[0].size = (1 << 20) + 1)),
+            "too_large"
+        );
         assert_eq!(reason(&edit(&|m| m.layers.clear())), "layer");
         assert_eq!(
-            reason(&edit(&|m| m.layers[0].digest = "sha256:../../etc/passwd".into())),
+            reason(&edit(
+                &|m| m.layers[0].digest = "sha256:../../etc/passwd".into()
+            )),
             "manifest"
         );
         m.layers.push(m.layers[0].clone());
         assert_eq!(reason(&serde_json::to_vec(&m).expect("json")), "layer");
         let d = Descriptor::of(WASM_MEDIA_TYPE, b"abc");
-        assert_eq!(check_blob(&d, b"abd").expect_err("mismatch").reason(), "digest");
+        assert_eq!(
+            check_blob(&d, b"abd").expect_err("mismatch").reason(),
+            "digest"
+        );
     }
 
     #[test]

@@ -29,7 +29,12 @@ fn reach(cache: &Layout, digest: &str, keep: &mut HashSet<String>) {
 }
 
 /// Collect garbage. `apps` are the configured app names; `grace` protects recent blobs.
-pub fn collect(cache: &Layout, apps: &HashSet<String>, grace: Duration, signature_annotation: &str) -> Collected {
+pub fn collect(
+    cache: &Layout,
+    apps: &HashSet<String>,
+    grace: Duration,
+    signature_annotation: &str,
+) -> Collected {
     let Ok(index) = cache.index() else {
         return Collected::default();
     };
@@ -76,22 +81,37 @@ mod tests {
         let old = build_bundle(b"\0asm\x01\0\0\0 ".to_vec(), &BundleConfig::default(), None);
         for b in [&served, &old] {
             for blob in &b.blobs {
-                cache.write_blob(&blob.descriptor.digest, &blob.bytes).expect("blob");
+                cache
+                    .write_blob(&blob.descriptor.digest, &blob.bytes)
+                    .expect("blob");
             }
             cache.write_blob(&b.digest, &b.manifest).expect("manifest");
         }
         cache
-            .set_ref("apps/shop", &served.digest, served.manifest.len() as u64, Default::default())
+            .set_ref(
+                "apps/shop",
+                &served.digest,
+                served.manifest.len() as u64,
+                Default::default(),
+            )
             .expect("ref");
         let apps = HashSet::from(["shop".to_string()]);
         // Within the grace period nothing goes.
-        assert_eq!(collect(&cache, &apps, Duration::from_secs(3600), "sig").blobs, 0);
+        assert_eq!(
+            collect(&cache, &apps, Duration::from_secs(3600), "sig").blobs,
+            0
+        );
         let gone = collect(&cache, &apps, Duration::ZERO, "sig");
         // The old version's manifest and Wasm layer (its config blob is shared).
         assert_eq!(gone.blobs, 2);
-        assert!(cache.has_blob(&served.digest) && cache.has_blob(&served.blobs[1].descriptor.digest));
+        assert!(
+            cache.has_blob(&served.digest) && cache.has_blob(&served.blobs[1].descriptor.digest)
+        );
         assert!(!cache.has_blob(&old.digest));
         // An app no longer configured releases its version.
-        assert_eq!(collect(&cache, &HashSet::new(), Duration::ZERO, "sig").blobs, 3);
+        assert_eq!(
+            collect(&cache, &HashSet::new(), Duration::ZERO, "sig").blobs,
+            3
+        );
     }
 }

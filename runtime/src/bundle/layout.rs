@@ -34,9 +34,7 @@ pub struct Layout {
 /// Write `bytes` to `path` so that a reader (or a crash) sees the old file or the new one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -51,7 +49,10 @@ impl Layout {
             root: root.to_path_buf(),
         };
         if !root.join("oci-layout").exists() {
-            write_atomically(&root.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            write_atomically(
+                &root.join("oci-layout"),
+                br#"{"imageLayoutVersion":"1.0.0"}"#,
+            )?;
         }
         if !root.join("index.json").exists() {
             layout.write_index(&Index {
@@ -144,7 +145,8 @@ impl Layout {
         if path.is_file() {
             return Ok(());
         }
-        write_atomically(&path, bytes).map_err(|e| Rejection::Cache(format!("{}: {e}", path.display())))
+        write_atomically(&path, bytes)
+            .map_err(|e| Rejection::Cache(format!("{}: {e}", path.display())))
     }
 
     pub fn index(&self) -> Result<Index, Rejection> {
@@ -252,19 +254,46 @@ mod tests {
         assert!(dir.path().join("oci-layout").is_file());
         let d = digest_of(b"hello");
         assert_eq!(
-            layout.write_blob(&d, b"hellO").expect_err("mismatch").reason(),
+            layout
+                .write_blob(&d, b"hellO")
+                .expect_err("mismatch")
+                .reason(),
             "digest"
         );
         layout.write_blob(&d, b"hello").expect("write");
-        assert_eq!(layout.read_blob(&d, Some(5), 100, true).expect("read"), b"hello");
-        assert_eq!(layout.read_blob(&d, None, 2, true).expect_err("cap").reason(), "too_large");
+        assert_eq!(
+            layout.read_blob(&d, Some(5), 100, true).expect("read"),
+            b"hello"
+        );
+        assert_eq!(
+            layout
+                .read_blob(&d, None, 2, true)
+                .expect_err("cap")
+                .reason(),
+            "too_large"
+        );
         layout.set_ref("v1", &d, 5, BTreeMap::new()).expect("ref");
-        layout.set_ref("v1", &d, 5, BTreeMap::new()).expect("ref again");
+        layout
+            .set_ref("v1", &d, 5, BTreeMap::new())
+            .expect("ref again");
         assert_eq!(layout.index().expect("index").manifests.len(), 1);
-        assert_eq!(layout.resolve("v1").expect("resolve").expect("found").digest, d);
+        assert_eq!(
+            layout
+                .resolve("v1")
+                .expect("resolve")
+                .expect("found")
+                .digest,
+            d
+        );
         assert!(layout.resolve("v2").expect("resolve").is_none());
         fs::write(dir.path().join("blobs/sha256").join(&d[7..]), b"tampered").expect("write");
-        assert_eq!(layout.read_blob(&d, None, 100, true).expect_err("damaged").reason(), "digest");
+        assert_eq!(
+            layout
+                .read_blob(&d, None, 100, true)
+                .expect_err("damaged")
+                .reason(),
+            "digest"
+        );
         assert!(!layout.has_blob(&d), "a damaged cache blob is removed");
         assert!(layout.read_blob("sha256:../x", None, 100, true).is_err());
     }

@@ -74,8 +74,8 @@ impl Credentials {
     /// A docker `config.json` document (`auths.<host>.auth` = base64 of `user:password`, or
     /// `username` and `password`).
     pub fn from_docker_config(bytes: &[u8]) -> Result<Self, String> {
-        let config: DockerConfig = serde_json::from_slice(bytes)
-            .map_err(|e| format!("not a docker config.json: {e}"))?;
+        let config: DockerConfig =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a docker config.json: {e}"))?;
         let mut by_host = HashMap::new();
         for (host, auth) in config.auths {
             let pair = match (auth.auth, auth.username, auth.password) {
@@ -147,7 +147,9 @@ pub fn rejection(e: OciDistributionError, what: &str) -> Rejection {
         OciDistributionError::ImageManifestNotFoundError(_) => {
             Rejection::NotFound(what.to_string())
         }
-        OciDistributionError::ServerError { code: 404, .. } => Rejection::NotFound(what.to_string()),
+        OciDistributionError::ServerError { code: 404, .. } => {
+            Rejection::NotFound(what.to_string())
+        }
         OciDistributionError::RegistryError { envelope, .. }
             if envelope.errors.iter().any(|err| {
                 matches!(
@@ -173,7 +175,9 @@ mod tests {
     fn docker_config_and_env_credentials() {
         let json = br#"{"auths":{"https://reg.example:5000/v1/":{"auth":"dXNlcjpwYXNz"},"other":{"username":"a","password":"b"}}}"#;
         let c = Credentials::from_docker_config(json).expect("parse");
-        assert!(matches!(c.auth_for("reg.example:5000"), RegistryAuth::Basic(u, p) if u == "user" && p == "pass"));
+        assert!(
+            matches!(c.auth_for("reg.example:5000"), RegistryAuth::Basic(u, p) if u == "user" && p == "pass")
+        );
         assert!(matches!(c.auth_for("other"), RegistryAuth::Basic(u, _) if u == "a"));
         assert!(matches!(c.auth_for("nowhere"), RegistryAuth::Anonymous));
         let e = Credentials::from_env_value("x:y").expect("parse");

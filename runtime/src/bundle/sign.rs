@@ -183,7 +183,10 @@ mod tests {
         );
         let by_other = sign_document(&digest, &other);
         let err = verify_document(&by_other, &digest, &tenant).expect_err("other key");
-        assert!(err.to_string().contains("not a key of the app's tenant"), "{err}");
+        assert!(
+            err.to_string().contains("not a key of the app's tenant"),
+            "{err}"
+        );
         // A signature copied under the tenant's key name does not verify.
         let mut forged: SignatureDocument = serde_json::from_slice(&by_other).expect("json");
         forged.signatures[0].key = public_key_text(&key.verifying_key());
@@ -201,7 +204,10 @@ mod tests {
         write_key_file(&path, &key).expect("write");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(read_key_file(&path).expect("read").to_bytes(), key.to_bytes());
+        assert_eq!(
+            read_key_file(&path).expect("read").to_bytes(),
+            key.to_bytes()
+        );
         assert!(write_key_file(&path, &generate().expect("key")).is_err());
         let text = public_key_text(&key.verifying_key());
         assert_eq!(parse_public_key(&text).expect("parse"), key.verifying_key());

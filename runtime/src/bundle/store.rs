@@ -85,7 +85,9 @@ impl Store {
                     .map_err(|e| rejection(e, &format!("manifest {digest}")))?;
                 bytes.to_vec()
             }
-            (Store::Registry { .. }, None) => return Err(Rejection::Unreachable("no reference".into())),
+            (Store::Registry { .. }, None) => {
+                return Err(Rejection::Unreachable("no reference".into()))
+            }
         };
         if bytes.len() as u64 > MAX_MANIFEST_BYTES {
             return Err(Rejection::TooLarge(format!(
@@ -143,7 +145,9 @@ impl Store {
                 }
                 bytes
             }
-            (Store::Registry { .. }, None) => return Err(Rejection::Unreachable("no reference".into())),
+            (Store::Registry { .. }, None) => {
+                return Err(Rejection::Unreachable("no reference".into()))
+            }
         };
         check_blob(d, &bytes)?;
         Ok(bytes)
@@ -166,7 +170,9 @@ impl Store {
                 l.write_blob(&built.digest, &built.manifest)
             }
             (Store::Registry { client, auth, .. }, Some(r)) => {
-                client.store_auth_if_needed(r.resolve_registry(), auth).await;
+                client
+                    .store_auth_if_needed(r.resolve_registry(), auth)
+                    .await;
                 for blob in &built.blobs {
                     let what = format!("pushing blob {}", blob.descriptor.digest);
                     let exists = client
@@ -196,7 +202,9 @@ impl Store {
                 Default::default(),
             ),
             (Store::Registry { client, auth, .. }, Some(r)) => {
-                client.store_auth_if_needed(r.resolve_registry(), auth).await;
+                client
+                    .store_auth_if_needed(r.resolve_registry(), auth)
+                    .await;
                 let content_type = http::HeaderValue::from_static(MANIFEST_MEDIA_TYPE);
                 client
                     .push_manifest_raw(&r, built.manifest.clone(), content_type)

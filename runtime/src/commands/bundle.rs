@@ -107,7 +107,12 @@ fn credentials(args: &StoreArgs) -> anyhow::Result<Credentials> {
     Credentials::load(file.as_deref(), Some(CREDENTIALS_ENV)).map_err(|e| anyhow!(e))
 }
 
-fn parse_target(text: &str, args: &StoreArgs, want_reference: bool, create: bool) -> anyhow::Result<Target> {
+fn parse_target(
+    text: &str,
+    args: &StoreArgs,
+    want_reference: bool,
+    create: bool,
+) -> anyhow::Result<Target> {
     if let Some(rest) = text.strip_prefix("local:") {
         // local:DIR:REPO[:TAG|@DIGEST]; DIR may itself hold ':' so the split runs from the end.
         let (head, reference) = if let Some((head, digest)) = rest.split_once('@') {
@@ -123,8 +128,11 @@ fn parse_target(text: &str, args: &StoreArgs, want_reference: bool, create: bool
         let (dir, repo) = head
             .rsplit_once(':')
             .ok_or_else(|| anyhow!("{text:?}: expected local:DIR:REPO:TAG"))?;
-        let parsed = Source::parse(&format!("local:{repo}{}", reference.as_deref().unwrap_or(":x")))
-            .map_err(|e| anyhow!("{text:?}: {e}"))?;
+        let parsed = Source::parse(&format!(
+            "local:{repo}{}",
+            reference.as_deref().unwrap_or(":x")
+        ))
+        .map_err(|e| anyhow!("{text:?}: {e}"))?;
         let Source::Local { reference: r, .. } = parsed else {
             bail!("{text:?}: expected local:DIR:REPO:TAG");
         };
@@ -141,7 +149,11 @@ fn parse_target(text: &str, args: &StoreArgs, want_reference: bool, create: bool
         });
     }
     if text.starts_with("oci://") {
-        let with_ref = if want_reference { text.to_string() } else { format!("{text}:x") };
+        let with_ref = if want_reference {
+            text.to_string()
+        } else {
+            format!("{text}:x")
+        };
         let Source::Oci {
             registry,
             repository,
@@ -150,7 +162,11 @@ fn parse_target(text: &str, args: &StoreArgs, want_reference: bool, create: bool
         else {
             bail!("{text:?}: expected oci://HOST[:PORT]/REPO:TAG");
         };
-        let insecure = if args.insecure { vec![registry.clone()] } else { Vec::new() };
+        let insecure = if args.insecure {
+            vec![registry.clone()]
+        } else {
+            Vec::new()
+        };
         let client = registry::client(&insecure).map_err(|e| anyhow!(e))?;
         let auth = credentials(args)?.auth_for(&registry);
         return Ok(Target {
@@ -237,7 +253,8 @@ fn push(
     store: &StoreArgs,
     args: Vec<String>,
 ) -> anyhow::Result<()> {
-    let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
+    let bytes =
+        std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
     // The very check the daemon's sandbox applies, so a push never publishes what no node runs.
     let max = SandboxConfig::new(PathBuf::new()).max_module_bytes;
     check_module(&bytes, max, HostChoice::Auto)
@@ -262,17 +279,18 @@ fn push(
         bail!("{to:?}: push needs a tag (…:TAG), not a digest");
     };
     let signature = build_signature_artifact(sign::sign_document(&built.digest, &key));
-    runtime()?.block_on(async {
-        // Content, then its signature, then the tag: a node that resolves the tag always
-        // finds the signature in place.
-        target.store.push_content(&built).await?;
-        target
-            .store
-            .push(&signature, &signature_tag(&built.digest))
-            .await?;
-        target.store.tag(&built, tag).await
-    })
-    .map_err(|e| anyhow!("{}: {e}", target.label))?;
+    runtime()?
+        .block_on(async {
+            // Content, then its signature, then the tag: a node that resolves the tag always
+            // finds the signature in place.
+            target.store.push_content(&built).await?;
+            target
+                .store
+                .push(&signature, &signature_tag(&built.digest))
+                .await?;
+            target.store.tag(&built, tag).await
+        })
+        .map_err(|e| anyhow!("{}: {e}", target.label))?;
     eprintln!(
         "pushed {} ({} bytes of Wasm) signed by {}",
         target.label,
@@ -305,7 +323,13 @@ async fn signature_status(store: &Store, digest: &str, keys: &[VerifyingKey]) ->
         Err(e) => return format!("signature unreadable: {e}"),
     };
     let signers = serde_json::from_slice::<SignatureDocument>(&doc)
-        .map(|d| d.signatures.into_iter().map(|s| s.key).collect::<Vec<_>>().join(", "))
+        .map(|d| {
+            d.signatures
+                .into_iter()
+                .map(|s| s.key)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default();
     if keys.is_empty() {
         return format!("signed by {signers} (not verified: no --key given)");
@@ -334,7 +358,10 @@ fn inspect(reference: &str, keys: &[String], store_args: &StoreArgs) -> anyhow::
         println!("digest: {digest}");
         let value: serde_json::Value = serde_json::from_slice(&manifest)
             .map_err(|e| anyhow!("the manifest is not JSON: {e}"))?;
-        println!("manifest:\n{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        println!(
+            "manifest:\n{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
         let caps = Caps {
             module: u64::MAX,
             assets: u64::MAX,
@@ -352,12 +379,18 @@ fn inspect(reference: &str, keys: &[String], store_args: &StoreArgs) -> anyhow::
                     Err(e) => println!("config: unreadable: {e}"),
                 }
                 for layer in bundle.blobs().skip(1) {
-                    println!("layer: {} {} {} bytes", layer.media_type, layer.digest, layer.size);
+                    println!(
+                        "layer: {} {} {} bytes",
+                        layer.media_type, layer.digest, layer.size
+                    );
                 }
             }
             Err(e) => println!("not a valid outpost bundle: {e}"),
         }
-        println!("signature: {}", signature_status(store, &digest, &keys).await);
+        println!(
+            "signature: {}",
+            signature_status(store, &digest, &keys).await
+        );
         Ok(())
     })
 }

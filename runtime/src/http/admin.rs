@@ -93,7 +93,11 @@ async fn registry_notification(
             .registry_notifications
             .with_label_values(&["invalid"])
             .inc();
-        return text(StatusCode::BAD_REQUEST, "text/plain", "not a notification envelope\n");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "not a notification envelope\n",
+        );
     };
     for event in envelope.events {
         if let (true, Some(target)) = (event.action == "push", event.target) {

@@ -50,7 +50,13 @@ impl Nudge {
 struct Schedule {
     due: Instant,
     failures: u32,
+    /// Resolves still to do shortly after a notification.
+    followups: u8,
 }
+
+/// CNCF distribution notifies of a manifest push before it writes the tag, so a resolve
+/// triggered by the notification can still see the old tag: resolve again this soon after.
+const FOLLOWUP: Duration = Duration::from_millis(250);
 
 pub struct Syncer {
     pub ctx: Arc<NodeContext>,
@@ -123,9 +129,11 @@ impl Syncer {
                 let entry = schedule.entry(slot.id).or_insert(Schedule {
                     due: Instant::now(),
                     failures: 0,
+                    followups: 0,
                 });
                 if nudged.contains(repository) {
                     entry.due = Instant::now();
+                    entry.followups = 2;
                 }
                 if let Reference::Digest(d) = reference {
                     if slot.own_digest().as_deref() == Some(d.as_str()) {
@@ -144,6 +152,10 @@ impl Syncer {
                             entry.failures += 1;
                             entry.due = Instant::now() + backoff(poll, entry.failures);
                         }
+                    }
+                    if entry.followups > 0 {
+                        entry.followups -= 1;
+                        entry.due = entry.due.min(Instant::now() + FOLLOWUP);
                     }
                 }
                 next = next.min(entry.due);
@@ -189,8 +201,8 @@ impl Syncer {
                 repository,
                 ..
             } => {
-                let (client, creds) = registry
-                    .ok_or_else(|| Rejection::Unreachable("no registry client".into()))?;
+                let (client, creds) =
+                    registry.ok_or_else(|| Rejection::Unreachable("no registry client".into()))?;
                 Ok(Store::Registry {
                     client: client.clone(),
                     auth: creds.auth_for(host),
@@ -198,9 +210,9 @@ impl Syncer {
                     repository: repository.clone(),
                 })
             }
-            Source::Local { repository, .. } => {
-                Ok(Store::Layout(Layout::open(&self.ctx.bundles.join(repository))?))
-            }
+            Source::Local { repository, .. } => Ok(Store::Layout(Layout::open(
+                &self.ctx.bundles.join(repository),
+            )?)),
             Source::File(_) => Err(Rejection::NotFound("a file: source has no store".into())),
         }
     }
@@ -261,9 +273,10 @@ impl Syncer {
     ) -> Result<(), Rejection> {
         let store = self.store_for(&slot.spec.source, registry)?;
         let digest = match repository_of(&slot.spec.source) {
-            Some((_, Reference::Tag(tag))) => store.resolve(tag).await?.ok_or_else(|| {
-                Rejection::NotFound(format!("tag {tag} in {}", store.describe()))
-            })?,
+            Some((_, Reference::Tag(tag))) => store
+                .resolve(tag)
+                .await?
+                .ok_or_else(|| Rejection::NotFound(format!("tag {tag} in {}", store.describe())))?,
             Some((_, Reference::Digest(d))) => d.clone(),
             None => return Ok(()),
         };

@@ -76,11 +76,18 @@ impl Registry {
         self.child = Some(child);
         let until = Instant::now() + Duration::from_secs(30);
         loop {
-            let r = curl(&format!("http://127.0.0.1:{}/v2/", self.port), &["--max-time", "2"]);
+            let r = curl(
+                &format!("http://127.0.0.1:{}/v2/", self.port),
+                &["--max-time", "2"],
+            );
             if r.status == 200 {
                 return;
             }
-            assert!(Instant::now() < until, "the registry did not come up on port {}", self.port);
+            assert!(
+                Instant::now() < until,
+                "the registry did not come up on port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -144,7 +151,7 @@ fn big_module(size: usize) -> Vec<u8> {
 }
 
 fn outpost(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_outpost"))
+    Command::new(outpost_bin())
         .args(args)
         .env_remove("OUTPOST_REGISTRY_AUTH")
         .env("HOME", "/nonexistent")
@@ -199,7 +206,14 @@ struct Node {
     config: PathBuf,
 }
 
-fn node_config(dir: &TempDir, name: &str, source: &str, registry: &str, keys: (&str, &str), extra: &str) -> PathBuf {
+fn node_config(
+    dir: &TempDir,
+    name: &str,
+    source: &str,
+    registry: &str,
+    keys: (&str, &str),
+    extra: &str,
+) -> PathBuf {
     let token = dir.path("notify.token");
     if !token.exists() {
         std::fs::write(&token, "s3cret-token\n").expect("token");
@@ -306,7 +320,8 @@ fn wait_for_failure(node: &Daemon, reason: &str, before: f64) {
     }
     let log = node.log_text();
     assert!(
-        log.lines().any(|l| l.contains("sync failed") && l.contains(&format!("reason={reason}"))),
+        log.lines()
+            .any(|l| l.contains("sync failed") && l.contains(&format!("reason=\"{reason}\""))),
         "no log line for {reason}:\n{log}"
     );
 }
@@ -347,7 +362,12 @@ fn registry_store(reg: &Registry, repository: &str) -> Store {
 }
 
 /// Push hand-made bundle content (bypassing the CLI's checks), optionally signed, then tag it.
-fn push_raw(store: &Store, built: &format::BuiltBundle, key: Option<&ed25519_dalek::SigningKey>, tag: &str) {
+fn push_raw(
+    store: &Store,
+    built: &format::BuiltBundle,
+    key: Option<&ed25519_dalek::SigningKey>,
+    tag: &str,
+) {
     rt().block_on(async {
         store.push_content(built).await.expect("push content");
         if let Some(key) = key {
@@ -383,12 +403,22 @@ fn bundle_three_nodes_follow_pushes_without_failed_requests_and_survive_the_regi
     let source = format!("oci://{host}/acme/shop:live");
     let mut nodes: Vec<Node> = (0..3)
         .map(|i| {
-            let cfg = node_config(&dir, &format!("node{i}"), &source, &host, (&acme_pub, &evil_pub), "");
+            let cfg = node_config(
+                &dir,
+                &format!("node{i}"),
+                &source,
+                &host,
+                (&acme_pub, &evil_pub),
+                "",
+            );
             start(&cfg)
         })
         .collect();
     let admins: Vec<String> = nodes.iter().map(|n| n.daemon.admin.clone()).collect();
-    let notify: Vec<(&str, &str)> = admins.iter().map(|a| (a.as_str(), "s3cret-token")).collect();
+    let notify: Vec<(&str, &str)> = admins
+        .iter()
+        .map(|a| (a.as_str(), "s3cret-token"))
+        .collect();
     let mut reg = Registry::start_on(&dir, port, &notify);
 
     let v1 = push(&dir, &cgi_module("v1"), &source, &acme_key);
@@ -426,16 +456,33 @@ fn bundle_three_nodes_follow_pushes_without_failed_requests_and_survive_the_regi
             .iter()
             .filter(|(s, b)| *s != 200 || (b != "v1\n" && b != "v2\n"))
             .collect();
-        assert!(bad.is_empty(), "node{i}: failed requests across the switch: {bad:?}");
-        assert!(seen.iter().any(|(_, b)| b == "v1\n"), "node{i} never served v1 under load");
+        assert!(
+            bad.is_empty(),
+            "node{i}: failed requests across the switch: {bad:?}"
+        );
+        assert!(
+            seen.iter().any(|(_, b)| b == "v1\n"),
+            "node{i} never served v1 under load"
+        );
     }
     eprintln!(
         "propagation: push took {push_took:?}; nodes served v2 after {took:?} (from the push's start); {total} requests, none failed"
     );
     for n in &nodes {
-        let info = metric(&n.daemon, "outpost_app_info{", &[&format!("digest=\"{v2}\""), "tenant=\"acme\""]);
+        let info = metric(
+            &n.daemon,
+            "outpost_app_info{",
+            &[&format!("digest=\"{v2}\""), "tenant=\"acme\""],
+        );
         assert_eq!(info, 1.0, "outpost_app_info shows v2");
-        assert_eq!(metric(&n.daemon, "outpost_app_info{", &[&format!("digest=\"{v1}\"")]), 0.0);
+        assert_eq!(
+            metric(
+                &n.daemon,
+                "outpost_app_info{",
+                &[&format!("digest=\"{v1}\"")]
+            ),
+            0.0
+        );
     }
 
     // The registry goes away: every node keeps serving v2, and polls count as failures.
@@ -449,7 +496,12 @@ fn bundle_three_nodes_follow_pushes_without_failed_requests_and_survive_the_regi
     let old = nodes.remove(0);
     drop(old);
     let restarted = start(&cfg);
-    assert_eq!(apps_digest(&restarted.daemon).as_deref(), Some(v2.as_str()));
+    assert_eq!(
+        apps_digest(&restarted.daemon).as_deref(),
+        Some(v2.as_str()),
+        "{}",
+        restarted.daemon.log_text()
+    );
     assert_eq!(body_of(&restarted.daemon), (200, "v2\n".to_string()));
     assert!(
         restarted.daemon.log_text().contains("app ready"),
@@ -459,7 +511,6 @@ fn bundle_three_nodes_follow_pushes_without_failed_requests_and_survive_the_regi
     let ready = curl(&restarted.daemon.admin_url("/readyz"), &[]);
     assert_eq!(ready.status, 200);
 }
-
 
 #[test]
 fn bundle_rejections_keep_the_last_good_version() {
@@ -495,7 +546,12 @@ fn bundle_rejections_keep_the_last_good_version() {
 
     // Unsigned.
     let before = failures(n, "unsigned");
-    push_raw(&store, &build_bundle(cgi_module("unsigned"), &BundleConfig::default(), None), None, "live");
+    push_raw(
+        &store,
+        &build_bundle(cgi_module("unsigned"), &BundleConfig::default(), None),
+        None,
+        "live",
+    );
     wait_for_failure(n, "unsigned", before);
     still_v1("an unsigned bundle");
 
@@ -521,7 +577,9 @@ fn bundle_rejections_keep_the_last_good_version() {
 
     // A layer that is not Wasm.
     let before = failures(n, "layer");
-    let not_wasm = edited(cgi_module("text"), |m| m.layers[0].media_type = "text/plain".into());
+    let not_wasm = edited(cgi_module("text"), |m| {
+        m.layers[0].media_type = "text/plain".into()
+    });
     push_raw(&store, &not_wasm, Some(&acme), "live");
     wait_for_failure(n, "layer", before);
     still_v1("a non-Wasm layer");
@@ -532,20 +590,34 @@ fn bundle_rejections_keep_the_last_good_version() {
     let file = dir.path("reactor.wasm");
     std::fs::write(&file, &reactor).expect("write");
     let out = outpost(&[
-        "bundle", "push", file.to_str().expect("utf-8"), "--to", &source,
-        "--key", acme_key.to_str().expect("utf-8"), "--insecure",
+        "bundle",
+        "push",
+        file.to_str().expect("utf-8"),
+        "--to",
+        &source,
+        "--key",
+        acme_key.to_str().expect("utf-8"),
+        "--insecure",
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("exports no `_start` function"), "{err}");
     let before = failures(n, "module");
-    push_raw(&store, &build_bundle(reactor, &BundleConfig::default(), None), Some(&acme), "live");
+    push_raw(
+        &store,
+        &build_bundle(reactor, &BundleConfig::default(), None),
+        Some(&acme),
+        "live",
+    );
     wait_for_failure(n, "module", before);
     still_v1("a module the sandbox refuses");
 
     // /apps says why the newest version is not serving.
     let apps = curl(&n.admin_url("/apps"), &[]).text();
-    assert!(apps.contains("last_error") && apps.contains("module refused"), "{apps}");
+    assert!(
+        apps.contains("last_error") && apps.contains("module refused"),
+        "{apps}"
+    );
 }
 
 #[test]
@@ -553,7 +625,14 @@ fn bundle_local_layout_end_to_end_with_no_registry() {
     let dir = TempDir::new("bundle-local");
     let (acme_key, acme_pub) = keygen(&dir, "acme");
     let (_, evil_pub) = keygen(&dir, "evil");
-    let cfg = node_config(&dir, "node", "local:shop:live", "127.0.0.1:1", (&acme_pub, &evil_pub), "");
+    let cfg = node_config(
+        &dir,
+        "node",
+        "local:shop:live",
+        "127.0.0.1:1",
+        (&acme_pub, &evil_pub),
+        "",
+    );
     let bundles = dir.path("node").join("bundles");
     let to = format!("local:{}:shop:live", bundles.display());
     let v1 = push(&dir, &cgi_module("local v1"), &to, &acme_key);
@@ -561,7 +640,10 @@ fn bundle_local_layout_end_to_end_with_no_registry() {
     let layout_dir = bundles.join("shop");
     assert!(layout_dir.join("oci-layout").is_file());
     let index = std::fs::read_to_string(layout_dir.join("index.json")).expect("index");
-    assert!(index.contains("\"org.opencontainers.image.ref.name\": \"live\""), "{index}");
+    assert!(
+        index.contains("\"org.opencontainers.image.ref.name\": \"live\""),
+        "{index}"
+    );
     assert!(layout_dir.join("blobs/sha256").join(&v1[7..]).is_file());
 
     let node = start(&cfg);
@@ -584,7 +666,12 @@ fn bundle_local_layout_end_to_end_with_no_registry() {
         .expect("sig");
     let before = failures(n, "manifest");
     layout
-        .set_ref("live", &garbage_digest, garbage.len() as u64, BTreeMap::new())
+        .set_ref(
+            "live",
+            &garbage_digest,
+            garbage.len() as u64,
+            BTreeMap::new(),
+        )
         .expect("tag");
     wait_for_failure(n, "manifest", before);
     assert_eq!(body_of(n), (200, "local v2\n".to_string()));
@@ -599,10 +686,19 @@ fn bundle_local_layout_end_to_end_with_no_registry() {
 
     // `bundle list` shows versions with their signature status.
     let listed = ok_stdout(
-        outpost(&["bundle", "list", &format!("local:{}:shop", bundles.display()), "--key", &acme_pub]),
+        outpost(&[
+            "bundle",
+            "list",
+            &format!("local:{}:shop", bundles.display()),
+            "--key",
+            &acme_pub,
+        ]),
         "bundle list",
     );
-    assert!(listed.contains("live") && listed.contains(&garbage_digest), "{listed}");
+    assert!(
+        listed.contains("live") && listed.contains(&garbage_digest),
+        "{listed}"
+    );
 }
 
 #[test]
@@ -624,18 +720,44 @@ fn bundle_skopeo_copy_keeps_digest_and_signature() {
             .arg(format!("oci:{}:{tag}", bundles.join("shop").display()))
             .output()
             .expect("skopeo must be installed (scripts/test installs it)");
-        assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "skopeo copy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let inspected = ok_stdout(
-        outpost(&["bundle", "inspect", &format!("local:{}:shop:live", bundles.display()), "--key", &acme_pub]),
+        outpost(&[
+            "bundle",
+            "inspect",
+            &format!("local:{}:shop:live", bundles.display()),
+            "--key",
+            &acme_pub,
+        ]),
         "bundle inspect",
     );
-    assert!(inspected.contains(&format!("digest: {digest}")), "{inspected}");
+    assert!(
+        inspected.contains(&format!("digest: {digest}")),
+        "{inspected}"
+    );
     assert!(inspected.contains("signature verified"), "{inspected}");
-    let other = outpost(&["bundle", "inspect", &format!("local:{}:shop:live", bundles.display()), "--key", &evil_pub]);
+    let other = outpost(&[
+        "bundle",
+        "inspect",
+        &format!("local:{}:shop:live", bundles.display()),
+        "--key",
+        &evil_pub,
+    ]);
     assert!(String::from_utf8_lossy(&other.stdout).contains("NOT VERIFIED"));
     // And a node serves the copy from its local store.
-    let cfg = node_config(&dir, "node", "local:shop:live", &reg.host(), (&acme_pub, &evil_pub), "");
+    let cfg = node_config(
+        &dir,
+        "node",
+        "local:shop:live",
+        &reg.host(),
+        (&acme_pub, &evil_pub),
+        "",
+    );
     let node = start(&cfg);
     wait_for_digest(&node.daemon, &digest, Duration::from_secs(30));
     assert_eq!(body_of(&node.daemon), (200, "copied\n".to_string()));
