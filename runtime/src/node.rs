@@ -226,10 +226,18 @@ impl NodeContext {
         sandbox: Arc<Sandbox>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
+        let cache = Layout::create(&data_dir.join("cache"))?;
+        let leftovers = cache.remove_leftovers();
+        if leftovers > 0 {
+            tracing::info!(
+                files = leftovers,
+                "removed unfinished writes from the bundle cache"
+            );
+        }
         Ok(Self {
             sandbox,
             metrics,
-            cache: Layout::create(&data_dir.join("cache"))?,
+            cache,
             bundles: data_dir.join("bundles"),
         })
     }

@@ -64,6 +64,25 @@ impl Layout {
         Ok(layout)
     }
 
+    /// Remove temporary files a killed writer left behind (never a blob: those are only
+    /// ever created by rename, whole).
+    pub fn remove_leftovers(&self) -> usize {
+        let mut removed = 0;
+        for dir in [self.root.clone(), self.root.join("blobs/sha256")] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.filter_map(Result::ok) {
+                if e.file_name().to_string_lossy().starts_with(".tmp-")
+                    && fs::remove_file(e.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// Open an existing layout without writing anything.
     pub fn open(root: &Path) -> Result<Self, Rejection> {
         if !root.join("oci-layout").is_file() {

@@ -115,7 +115,9 @@ impl Store {
                     .pull_blob_stream(&r, d.digest.as_str())
                     .await
                     .map_err(|e| rejection(e, &what))?;
-                if stream.content_length.is_some_and(|n| n > d.size) {
+                // A registry that announces another length than the manifest's (a truncated
+                // or swapped blob) is refused before a byte is read.
+                if stream.content_length.is_some_and(|n| n != d.size) {
                     return Err(Rejection::Digest(format!(
                         "{what}: the registry sends {} bytes, the manifest says {}",
                         stream.content_length.unwrap_or_default(),
