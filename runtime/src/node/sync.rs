@@ -56,7 +56,7 @@ struct Schedule {
 
 /// CNCF distribution notifies of a manifest push before it writes the tag, so a resolve
 /// triggered by the notification can still see the old tag: resolve again this soon after.
-const FOLLOWUP: Duration = Duration::from_millis(250);
+const FOLLOWUP: Duration = Duration::from_millis(100);
 
 pub struct Syncer {
     pub ctx: Arc<NodeContext>,
@@ -133,7 +133,7 @@ impl Syncer {
                 });
                 if nudged.contains(repository) {
                     entry.due = Instant::now();
-                    entry.followups = 2;
+                    entry.followups = 3;
                 }
                 if let Reference::Digest(d) = reference {
                     if slot.own_digest().as_deref() == Some(d.as_str()) {

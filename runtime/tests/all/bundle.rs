@@ -880,3 +880,105 @@ fn bundle_faults_keep_serving_and_leave_no_corrupt_cache() {
     );
     assert_eq!(body_of(&node.daemon), (200, "kill4\n".to_string()));
 }
+
+fn field(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|t| t.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.trim_matches('"').parse().ok())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Propagation from a push to three nodes serving it, 20 pushes, with notifications and with
+/// a 1 s poll only; figures for docs/benchmarks.md. Run with
+/// `cargo test -p outpost --test all -- --ignored bundle_propagation --nocapture`.
+#[test]
+#[ignore]
+fn bundle_propagation_benchmark() {
+    for notify in [true, false] {
+        let dir = TempDir::new("bundle-bench");
+        let (acme_key, acme_pub) = keygen(&dir, "acme");
+        let (_, evil_pub) = keygen(&dir, "evil");
+        let port = free_port();
+        let host = format!("127.0.0.1:{port}");
+        let source = format!("oci://{host}/acme/shop:live");
+        let nodes: Vec<Node> = (0..3)
+            .map(|i| {
+                let cfg = node_config(
+                    &dir,
+                    &format!("node{i}"),
+                    &source,
+                    &host,
+                    (&acme_pub, &evil_pub),
+                    "",
+                );
+                start(&cfg)
+            })
+            .collect();
+        let admins: Vec<String> = nodes.iter().map(|n| n.daemon.admin.clone()).collect();
+        let endpoints: Vec<(&str, &str)> = if notify {
+            admins
+                .iter()
+                .map(|a| (a.as_str(), "s3cret-token"))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let _reg = Registry::start_on(&dir, port, &endpoints);
+        let (mut all, mut push_times) = (Vec::new(), Vec::new());
+        let mut stages: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for i in 0..20 {
+            let module = cgi_module(&format!("bench {i}"));
+            let started = Instant::now();
+            let digest = push(&dir, &module, &source, &acme_key);
+            let pushed = started.elapsed();
+            for n in &nodes {
+                wait_for_digest(&n.daemon, &digest, Duration::from_secs(60));
+            }
+            all.push((started.elapsed() - pushed).as_secs_f64() * 1e3);
+            push_times.push(pushed.as_secs_f64() * 1e3);
+            for n in &nodes {
+                let log = n.daemon.log_text();
+                if let Some(line) = log
+                    .lines()
+                    .find(|l| l.contains("app swapped") && l.contains(&digest))
+                {
+                    for key in [
+                        "resolve_ms",
+                        "pull_ms",
+                        "verify_ms",
+                        "compile_ms",
+                        "swap_us",
+                    ] {
+                        if let Some(v) = field(line, key) {
+                            stages.entry(key).or_default().push(v);
+                        }
+                    }
+                }
+            }
+        }
+        let sort = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal))
+        };
+        sort(&mut all);
+        sort(&mut push_times);
+        eprintln!(
+            "{}: push (CLI, end to end) median {:.0} ms; push done -> all 3 nodes serving: median {:.0} ms, max {:.0} ms",
+            if notify { "notifications + 1 s poll" } else { "1 s poll only" },
+            percentile(&push_times, 0.5),
+            percentile(&all, 0.5),
+            all[all.len() - 1]
+        );
+        for (key, mut v) in stages {
+            sort(&mut v);
+            eprintln!(
+                "  {key}: median {:.2}, max {:.2} (n={})",
+                percentile(&v, 0.5),
+                v[v.len() - 1],
+                v.len()
+            );
+        }
+    }
+}
