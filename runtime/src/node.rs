@@ -3,6 +3,7 @@
 //! swapped on its own (the sync loop in `node::sync`, a reload that changed that app's entry);
 //! a request holds the version it started on until it ends. Nothing here touches the network.
 
+pub mod reload;
 pub mod sync;
 
 use std::collections::{BTreeMap, HashMap};

@@ -2,13 +2,12 @@
 //! configuration on SIGHUP and when the file changes (an invalid file keeps the old one
 //! serving), exposes the admin listener, and drains open requests on SIGTERM.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Args;
-use sha2::{Digest, Sha256};
 
 use crate::error::Failure;
 use crate::http::certs::{self, Certs, SniResolver};
@@ -20,7 +19,6 @@ use crate::metrics::Metrics;
 use crate::node::sync::{Nudge, Syncer};
 use crate::node::{self, Live, NodeContext, Routed, State};
 use crate::sandbox::{Sandbox, SandboxConfig};
-use rustls::sign::CertifiedKey;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -29,16 +27,8 @@ pub struct ServeArgs {
     pub config: PathBuf,
 }
 
-/// How often the configuration file is checked for changes.
-const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// How long open requests may take to finish after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(30);
-
-fn file_digest(path: &Path) -> Option<Vec<u8>> {
-    std::fs::read(path)
-        .ok()
-        .map(|b| Sha256::digest(&b).to_vec())
-}
 
 fn request_handler(live: Arc<Live>, shared: Arc<Shared>) -> Handler {
     Arc::new(move |req, conn: ConnInfo| {
@@ -74,88 +64,6 @@ fn request_handler(live: Arc<Live>, shared: Arc<Shared>) -> Handler {
             }
         })
     })
-}
-
-/// What a reload refreshes besides the state.
-#[derive(Clone)]
-struct Reloadable {
-    live: Arc<Live>,
-    ctx: Arc<NodeContext>,
-    metrics: Arc<Metrics>,
-    certs: Option<(Arc<SniResolver>, Arc<CertifiedKey>)>,
-}
-
-async fn reload(path: PathBuf, r: Reloadable) {
-    let Reloadable {
-        live,
-        ctx,
-        metrics,
-        certs,
-    } = r;
-    let worker_live = live.clone();
-    let built = tokio::task::spawn_blocking(move || {
-        let config = edge_config::load(&path)?;
-        let previous = worker_live.state.load_full();
-        if config.listen != previous.config.listen || config.node != previous.config.node {
-            tracing::warn!("[listen] and [node] changes take effect at the next restart");
-        }
-        Ok::<State, edge_config::Diagnostics>(node::build(config, &previous, &ctx))
-    })
-    .await;
-    match built {
-        Ok(Ok(state)) => {
-            let (apps, routes) = (state.slots.len(), state.router.len());
-            if let Some((resolver, default)) = &certs {
-                resolver
-                    .certs
-                    .store(Arc::new(Certs::build(&state.config, default.clone())));
-            }
-            live.state.store(Arc::new(state));
-            metrics.config_reloads.with_label_values(&["ok"]).inc();
-            tracing::info!(apps, routes, "configuration reloaded");
-        }
-        Ok(Err(diagnostics)) => {
-            metrics.config_reloads.with_label_values(&["error"]).inc();
-            tracing::error!(
-                "configuration not reloaded; the previous one keeps serving:\n{diagnostics}"
-            );
-        }
-        Err(e) => {
-            metrics.config_reloads.with_label_values(&["error"]).inc();
-            tracing::error!(error = %e, "configuration reload failed");
-        }
-    }
-}
-
-/// Reload on SIGHUP, and when the file's contents change.
-async fn watch_config(path: PathBuf, r: Reloadable) {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut seen = file_digest(&path);
-    let mut tick = tokio::time::interval(WATCH_EVERY);
-    loop {
-        let hup = async {
-            match hangup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = hup => {
-                tracing::info!("SIGHUP: reloading the configuration");
-            }
-            _ = tick.tick() => {
-                let now = file_digest(&path);
-                if now == seen || now.is_none() {
-                    continue;
-                }
-                tracing::info!("the configuration file changed: reloading");
-            }
-        }
-        seen = file_digest(&path);
-        reload(path.clone(), r.clone()).await;
-    }
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -305,13 +213,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             };
             listeners.spawn(tls.serve(stopped.clone(), DRAIN));
         }
-        let reloadable = Reloadable {
+        let reloadable = node::reload::Reloadable {
             live: live.clone(),
             ctx: ctx.clone(),
             metrics: metrics.clone(),
             certs: certs.clone(),
         };
-        let watcher = tokio::spawn(watch_config(args.config.clone(), reloadable));
+        let watcher = tokio::spawn(node::reload::watch_config(args.config.clone(), reloadable));
         super::terminate_signal().await;
         tracing::info!("shutting down: no new connections; finishing open requests");
         watcher.abort();
