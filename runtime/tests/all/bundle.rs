@@ -485,6 +485,35 @@ fn bundle_three_nodes_follow_pushes_without_failed_requests_and_survive_the_regi
         );
     }
 
+    // Notifications without the shared token are refused.
+    let forged = curl(
+        &nodes[0].daemon.admin_url("/registry/notifications"),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Authorization: Bearer wrong",
+            "--data",
+            "{\"events\":[]}",
+        ],
+    );
+    assert_eq!(forged.status, 401);
+    assert_eq!(
+        metric(
+            &nodes[0].daemon,
+            "outpost_registry_notifications_total{",
+            &["result=\"unauthorized\""]
+        ),
+        1.0
+    );
+    assert!(
+        metric(
+            &nodes[0].daemon,
+            "outpost_registry_notifications_total{",
+            &["result=\"ok\""]
+        ) >= 1.0
+    );
+
     // The registry goes away: every node keeps serving v2, and polls count as failures.
     reg.stop();
     for n in &nodes {
@@ -527,10 +556,33 @@ fn bundle_rejections_keep_the_last_good_version() {
         (&acme_pub, &evil_pub),
         "max_module = \"64KiB\"\n",
     );
+    // Another tenant's app pointing at this tenant's repository.
+    let mut text = std::fs::read_to_string(&cfg).expect("config");
+    text.push_str(&format!(
+        "\n[[app]]\nname = \"borrowed\"\ntenant = \"evil\"\nsource = \"{source}\"\n\n[[route]]\nhost = \"evil.test\"\napp = \"borrowed\"\n"
+    ));
+    std::fs::write(&cfg, text).expect("config");
     let node = start(&cfg);
     let n = &node.daemon;
     let v1 = push(&dir, &cgi_module("v1"), &source, &acme_key);
     wait_for_digest(n, &v1, Duration::from_secs(30));
+    // acme's bundle is never served under evil's app: acme's key is not evil's.
+    let until = Instant::now() + Duration::from_secs(20);
+    while metric(
+        n,
+        "outpost_sync_failures_total{",
+        &["app=\"borrowed\"", "reason=\"signature\""],
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < until,
+            "the borrowed app was not refused\n{}",
+            n.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let borrowed = curl(&n.url("/"), &["-H", "Host: evil.test"]);
+    assert_eq!(borrowed.status, 503, "{}", borrowed.text());
     let store = registry_store(&reg, "acme/shop");
     let acme = sign::read_key_file(&acme_key).expect("acme key");
     let still_v1 = |what: &str| {
