@@ -761,6 +761,43 @@ fn bundle_skopeo_copy_keeps_digest_and_signature() {
     let reg = Registry::start(&dir);
     let source = format!("oci://{}/acme/shop:live", reg.host());
     let digest = push(&dir, &cgi_module("copied"), &source, &acme_key);
+    // inspect and list against the registry.
+    let inspected = ok_stdout(
+        outpost(&[
+            "bundle",
+            "inspect",
+            &source,
+            "--key",
+            &acme_pub,
+            "--insecure",
+        ]),
+        "bundle inspect (registry)",
+    );
+    assert!(
+        inspected.contains("signature verified") && inspected.contains("application/wasm"),
+        "{inspected}"
+    );
+    let listed = ok_stdout(
+        outpost(&[
+            "bundle",
+            "list",
+            &format!("oci://{}/acme/shop", reg.host()),
+            "--key",
+            &acme_pub,
+            "--insecure",
+        ]),
+        "bundle list (registry)",
+    );
+    assert!(
+        listed.starts_with("live\t")
+            && listed.contains(&digest)
+            && listed.contains("signature verified"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(".sig"),
+        "signature tags are not versions: {listed}"
+    );
     // Copy the bundle and its signature from the registry into the node's local store.
     let bundles = dir.path("node").join("bundles");
     std::fs::create_dir_all(&bundles).expect("bundles");
