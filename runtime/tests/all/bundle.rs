@@ -1071,3 +1071,133 @@ fn bundle_propagation_benchmark() {
         }
     }
 }
+
+/// A TCP proxy to the registry that, while `cut` is set, drops any connection once it has
+/// sent 64 KiB towards the node: a registry dying in the middle of a blob.
+struct CutProxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl CutProxy {
+    fn start(upstream: u16) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (cut2, stop2) = (cut.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (mut c_read, mut s_write) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_read, &mut s_write);
+                    let _ = s_write.shutdown(std::net::Shutdown::Write);
+                });
+                let cut = cut2.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let (mut server, mut client) = (server, client);
+                    let mut buf = [0u8; 16 << 10];
+                    let mut sent = 0usize;
+                    loop {
+                        let n = match server.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n;
+                        if cut.load(Ordering::SeqCst) && sent > 64 << 10 {
+                            break;
+                        }
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    let _ = server.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Self { port, cut, stop }
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// A CGI module answering `body`, padded with a passive data segment to about `pad` bytes.
+fn padded_module(body: &str, pad: usize) -> Vec<u8> {
+    let out = format!("Content-Type: text/plain\\n\\n{body}\\n");
+    let len = format!("Content-Type: text/plain\n\n{body}\n").len();
+    let filler = "p".repeat(pad);
+    let wat = format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 16) "{out}")
+  (data "{filler}")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const {len}))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#
+    );
+    wasmer::wat2wasm(wat.as_bytes()).expect("wat").into_owned()
+}
+
+#[test]
+fn bundle_registry_dying_mid_pull_keeps_the_last_version() {
+    let dir = TempDir::new("bundle-midpull");
+    let (acme_key, acme_pub) = keygen(&dir, "acme");
+    let (_, evil_pub) = keygen(&dir, "evil");
+    let reg = Registry::start(&dir);
+    let proxy = CutProxy::start(reg.port);
+    let via_proxy = format!("127.0.0.1:{}", proxy.port);
+    let node_source = format!("oci://{via_proxy}/acme/shop:live");
+    let push_to = format!("oci://{}/acme/shop:live", reg.host());
+    let cfg = node_config(
+        &dir,
+        "node",
+        &node_source,
+        &via_proxy,
+        (&acme_pub, &evil_pub),
+        "",
+    );
+    let node = start(&cfg);
+    let n = &node.daemon;
+    let v1 = push(&dir, &cgi_module("v1"), &push_to, &acme_key);
+    wait_for_digest(n, &v1, Duration::from_secs(30));
+
+    proxy.cut.store(true, Ordering::SeqCst);
+    let before = failures(n, "unreachable");
+    let v2 = push(&dir, &padded_module("v2", 2 << 20), &push_to, &acme_key);
+    wait_for_failure(n, "unreachable", before);
+    let log = n.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("sync failed") && l.contains("blob sha256:")),
+        "the pull was not cut inside a blob:\n{log}"
+    );
+    assert_eq!(body_of(n), (200, "v1\n".to_string()));
+    assert_eq!(apps_digest(n).as_deref(), Some(v1.as_str()));
+    assert_cache_intact(&dir.path("node"));
+
+    // The registry answers whole again: the next attempt (after backoff) takes v2.
+    proxy.cut.store(false, Ordering::SeqCst);
+    wait_for_digest(n, &v2, Duration::from_secs(60));
+    assert_eq!(body_of(n), (200, "v2\n".to_string()));
+    assert_cache_intact(&dir.path("node"));
+}
