@@ -26,6 +26,10 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub quic_connections: prometheus::IntCounter,
     pub connections_refused: prometheus::IntCounter,
+    pub sync_failures: IntCounterVec,
+    pub sync_swaps: IntCounterVec,
+    pub app_info: IntGaugeVec,
+    pub registry_notifications: IntCounterVec,
 }
 
 fn plain_counter(
@@ -81,7 +85,34 @@ impl Metrics {
             &["tenant"],
         )?;
         registry.register(Box::new(queue_depth.clone()))?;
+        let app_info = IntGaugeVec::new(
+            Opts::new(
+                "outpost_app_info",
+                "The bundle version (manifest digest) each app serves: 1 per app",
+            ),
+            &["tenant", "app", "digest"],
+        )?;
+        registry.register(Box::new(app_info.clone()))?;
         Ok(Self {
+            sync_failures: counter(
+                &registry,
+                "outpost_sync_failures_total",
+                "Bundle versions not taken (the last good version kept serving), by reason",
+                &["tenant", "app", "reason"],
+            )?,
+            sync_swaps: counter(
+                &registry,
+                "outpost_sync_swaps_total",
+                "New bundle versions swapped in by the sync loop",
+                &["tenant", "app"],
+            )?,
+            app_info,
+            registry_notifications: counter(
+                &registry,
+                "outpost_registry_notifications_total",
+                "Registry push notifications received, by result: ok, unauthorized, invalid",
+                &["result"],
+            )?,
             requests: counter(
                 &registry,
                 "outpost_requests_total",
@@ -182,6 +213,16 @@ impl Metrics {
                 .with_label_values(&[tenant, limit.label()])
                 .inc();
         }
+    }
+
+    /// An app now serves `digest` (instead of `before`).
+    pub fn app_version(&self, tenant: &str, app: &str, before: Option<&str>, digest: &str) {
+        if let Some(before) = before.filter(|b| *b != digest) {
+            let _ = self.app_info.remove_label_values(&[tenant, app, before]);
+        }
+        self.app_info
+            .with_label_values(&[tenant, app, digest])
+            .set(1);
     }
 
     /// The registry in Prometheus text format.

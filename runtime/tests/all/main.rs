@@ -1,5 +1,6 @@
 //! outpost's integration tests: one binary, one module per area.
 
+mod bundle;
 mod edge;
 mod hostile;
 mod run;

@@ -23,6 +23,15 @@ pub fn heavy_test() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The `outpost` binary under test: `OUTPOST_BIN` when set (a copy taken right after the
+/// build, since a target directory shared by several checkouts holds one `debug/outpost` that
+/// another checkout's build may replace mid-run), else the one Cargo built.
+pub fn outpost_bin() -> PathBuf {
+    std::env::var_os("OUTPOST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_outpost")))
+}
+
 /// Scratch space for one test, removed when dropped.
 pub struct TempDir(pub PathBuf);
 
@@ -176,7 +185,7 @@ pub struct Daemon {
 impl Daemon {
     /// `outpost run MODULE --listen 127.0.0.1:0 ARGS...`, waiting until it listens.
     pub fn run(module: &Path, data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        let mut cmd = Command::new(outpost_bin());
         cmd.arg("run")
             .arg(module)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
@@ -196,7 +205,7 @@ impl Daemon {
 
     /// `serve_with`, with extra environment variables.
     pub fn serve_env(config: &Path, listeners: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        let mut cmd = Command::new(outpost_bin());
         cmd.arg("serve").arg("--config").arg(config);
         for (k, v) in envs {
             cmd.env(k, v);
