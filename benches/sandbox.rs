@@ -119,7 +119,6 @@ impl Fixture {
             request,
             output,
             self.rt.handle().clone(),
-            Instant::now(),
         );
         assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
         start

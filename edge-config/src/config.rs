@@ -72,6 +72,10 @@ pub struct Registry {
     pub credentials_env: Option<String>,
     /// Registries reached over plain HTTP (e.g. one on loopback).
     pub insecure: Vec<String>,
+    /// Largest Wasm layer a bundle may carry; larger ones are refused before they are fetched.
+    pub max_module: u64,
+    /// A file holding the shared token registry push notifications must present.
+    pub notify_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -158,6 +162,8 @@ struct RawRegistry {
     credentials_env: Option<S<String>>,
     #[serde(default)]
     insecure: Vec<S<String>>,
+    max_module: Option<S<toml::Value>>,
+    notify_token_file: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -856,6 +862,13 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
             .into_iter()
             .map(|h| h.into_inner())
             .collect(),
+        max_module: l
+            .size(&raw_registry.max_module, "max_module")
+            .unwrap_or(64 << 20),
+        notify_token_file: raw_registry
+            .notify_token_file
+            .as_ref()
+            .map(|p| l.path(p.get_ref())),
     };
 
     // [[tenant]]

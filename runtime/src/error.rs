@@ -16,6 +16,8 @@ pub enum Limit {
     RequestBody,
     ResponseBody,
     Headers,
+    /// The request waited for a CPU slot of its tenant as long as it may run.
+    Queue,
 }
 
 impl Limit {
@@ -28,6 +30,7 @@ impl Limit {
             Limit::RequestBody => "request_body",
             Limit::ResponseBody => "response_body",
             Limit::Headers => "headers",
+            Limit::Queue => "queue",
         }
     }
 }
@@ -63,7 +66,9 @@ pub enum Failure {
 impl Failure {
     pub fn status(&self) -> StatusCode {
         match self {
-            Failure::Limit(Limit::Fuel | Limit::Concurrency) => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Limit(Limit::Fuel | Limit::Concurrency | Limit::Queue) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Failure::Limit(Limit::Time) => StatusCode::GATEWAY_TIMEOUT,
             Failure::Limit(Limit::RequestBody) => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::Limit(Limit::Headers) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

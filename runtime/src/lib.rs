@@ -2,6 +2,7 @@
 //! instance under its tenant's limits. The binary's subcommands live in `commands`; the rooms
 //! are `sandbox` (running guests), `http` (listeners and the request path) and `metrics`.
 
+pub mod bundle;
 pub mod commands;
 pub mod error;
 pub mod http;

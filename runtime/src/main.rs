@@ -22,6 +22,10 @@ enum Command {
     Serve(outpost::commands::serve::ServeArgs),
     /// Validate a configuration file: exit 0 with a summary, or 1 with every error.
     Check(outpost::commands::check::CheckArgs),
+    /// Make a tenant's ed25519 signing key.
+    Keygen(outpost::commands::keygen::KeygenArgs),
+    /// Push, inspect and list signed bundles (registry or OCI image layout).
+    Bundle(outpost::commands::bundle::BundleArgs),
 }
 
 /// wasmer warns on every out-of-bounds memory view access, which a guest triggers at will by
@@ -57,6 +61,8 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => outpost::commands::run::run(args),
         Command::Serve(args) => outpost::commands::serve::serve(args),
         Command::Check(args) => return outpost::commands::check::check(args),
+        Command::Keygen(args) => outpost::commands::keygen::keygen(args),
+        Command::Bundle(args) => outpost::commands::bundle::bundle(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

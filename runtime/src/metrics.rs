@@ -18,12 +18,18 @@ pub struct Metrics {
     pub limit_exceeded: IntCounterVec,
     pub failures: IntCounterVec,
     pub active: IntGaugeVec,
+    pub queue_wait: HistogramVec,
+    pub queue_depth: IntGaugeVec,
     pub module_loads: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub unrouted: prometheus::IntCounter,
     pub tls_handshakes: IntCounterVec,
     pub quic_connections: prometheus::IntCounter,
     pub connections_refused: prometheus::IntCounter,
+    pub sync_failures: IntCounterVec,
+    pub sync_swaps: IntCounterVec,
+    pub app_info: IntGaugeVec,
+    pub registry_notifications: IntCounterVec,
 }
 
 fn plain_counter(
@@ -71,7 +77,42 @@ impl Metrics {
             &["tenant"],
         )?;
         registry.register(Box::new(active.clone()))?;
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "outpost_queue_depth",
+                "Requests waiting for one of their tenant's CPU slots (sampled when scraped)",
+            ),
+            &["tenant"],
+        )?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        let app_info = IntGaugeVec::new(
+            Opts::new(
+                "outpost_app_info",
+                "The bundle version (manifest digest) each app serves: 1 per app",
+            ),
+            &["tenant", "app", "digest"],
+        )?;
+        registry.register(Box::new(app_info.clone()))?;
         Ok(Self {
+            sync_failures: counter(
+                &registry,
+                "outpost_sync_failures_total",
+                "Bundle versions not taken (the last good version kept serving), by reason",
+                &["tenant", "app", "reason"],
+            )?,
+            sync_swaps: counter(
+                &registry,
+                "outpost_sync_swaps_total",
+                "New bundle versions swapped in by the sync loop",
+                &["tenant", "app"],
+            )?,
+            app_info,
+            registry_notifications: counter(
+                &registry,
+                "outpost_registry_notifications_total",
+                "Registry push notifications received, by result: ok, unauthorized, invalid",
+                &["result"],
+            )?,
             requests: counter(
                 &registry,
                 "outpost_requests_total",
@@ -90,8 +131,16 @@ impl Metrics {
                 "outpost_instantiate_seconds",
                 "Time to create a fresh instance",
                 &["tenant"],
+                seconds.clone(),
+            )?,
+            queue_wait: histogram(
+                &registry,
+                "outpost_queue_wait_seconds",
+                "Time a request waited for one of its tenant's CPU slots before its guest started",
+                &["tenant"],
                 seconds,
             )?,
+            queue_depth,
             fuel_used: counter(
                 &registry,
                 "outpost_fuel_used_total",
@@ -164,6 +213,16 @@ impl Metrics {
                 .with_label_values(&[tenant, limit.label()])
                 .inc();
         }
+    }
+
+    /// An app now serves `digest` (instead of `before`).
+    pub fn app_version(&self, tenant: &str, app: &str, before: Option<&str>, digest: &str) {
+        if let Some(before) = before.filter(|b| *b != digest) {
+            let _ = self.app_info.remove_label_values(&[tenant, app, before]);
+        }
+        self.app_info
+            .with_label_values(&[tenant, app, digest])
+            .set(1);
     }
 
     /// The registry in Prometheus text format.

@@ -1,24 +1,40 @@
-//! The node's live state: tenants (envelopes and admission), loaded apps and the router, built
-//! from a validated configuration and swapped atomically on reload. Requests already running
-//! keep the state they started with; a configuration that fails validation or whose apps fail
-//! to load changes nothing.
+//! The node room: tenants (envelopes and admission), one slot per app holding the version it
+//! serves now, and the router, built from a validated configuration. Each app's slot is
+//! swapped on its own (the sync loop in `node::sync`, a reload that changed that app's entry);
+//! a request holds the version it started on until it ends. Nothing here touches the network.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+pub mod reload;
+pub mod sync;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use ed25519_dalek::VerifyingKey;
 use edge_config::{Config, GuestHost, Source};
 use tokio::sync::Semaphore;
 
+use crate::bundle::fetch::{verify_cached, Verified};
+use crate::bundle::format::Caps;
+use crate::bundle::layout::Layout;
 use crate::http::handler::Target;
 use crate::http::router::Router;
+use crate::metrics::Metrics;
 use crate::sandbox::{App, Envelope, HostChoice, Limits, Sandbox};
+
+/// Assets layers larger than this are refused before they are fetched.
+pub const MAX_ASSETS_BYTES: u64 = 256 << 20;
+/// Annotations on the cache's index entries recording what each app last served.
+const SOURCE_ANNOTATION: &str = "dev.outpost.source";
+pub const SIGNATURE_ANNOTATION: &str = "dev.outpost.signature";
+const TENANT_ANNOTATION: &str = "dev.outpost.tenant";
 
 /// What a route leads to.
 pub enum Routed {
-    Ready(Arc<Target>),
-    /// The app has no runnable version (its source failed to load): 503.
+    App(Arc<AppSlot>),
+    /// The route names no app (cannot happen after validation; kept total).
     NotReady {
         app: String,
     },
@@ -29,6 +45,7 @@ pub enum Routed {
 pub struct AppStatus {
     pub app: String,
     pub tenant: String,
+    /// The bundle's manifest digest (`sha256:...`), or the module's sha256 for `file:` apps.
     pub digest: Option<String>,
     /// Seconds since the Unix epoch when this version started serving.
     pub since: Option<u64>,
@@ -39,28 +56,278 @@ pub struct AppStatus {
     pub last_error: Option<String>,
 }
 
+/// A runnable version of an app.
+pub struct Version {
+    pub target: Arc<Target>,
+    pub digest: String,
+    pub since: SystemTime,
+    /// Carried over from the app's previous entry (its env, args or source changed): served
+    /// until the sync loop loads the entry's own version, never taken as that version.
+    pub carried: bool,
+}
+
+/// The app's current version, swappable on its own.
+pub struct AppSlot {
+    /// Unique for the process's life: the sync loop's schedule is keyed by it.
+    pub id: u64,
+    pub name: String,
+    pub tenant: String,
+    pub spec: edge_config::App,
+    keys: Vec<VerifyingKey>,
+    envelope: Arc<Envelope>,
+    admission: Arc<Semaphore>,
+    current: ArcSwapOption<Version>,
+    problem: Mutex<Problem>,
+}
+
+#[derive(Default)]
+struct Problem {
+    error: Option<String>,
+    /// The last version refused for a reason retrying cannot fix; not fetched again.
+    refused: Option<String>,
+}
+
+impl AppSlot {
+    /// The version a new request runs on.
+    pub fn target(&self) -> Option<Arc<Target>> {
+        self.current.load().as_ref().map(|v| v.target.clone())
+    }
+
+    pub fn digest(&self) -> Option<String> {
+        self.current.load().as_ref().map(|v| v.digest.clone())
+    }
+
+    /// The digest this app's own entry serves (not a version carried over from before).
+    pub fn own_digest(&self) -> Option<String> {
+        self.current
+            .load()
+            .as_ref()
+            .filter(|v| !v.carried)
+            .map(|v| v.digest.clone())
+    }
+
+    pub fn keys(&self) -> &[VerifyingKey] {
+        &self.keys
+    }
+
+    fn problem(&self) -> std::sync::MutexGuard<'_, Problem> {
+        self.problem.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn refused(&self) -> Option<String> {
+        self.problem().refused.clone()
+    }
+
+    /// Record why the newest version is not serving.
+    pub fn set_error(&self, error: String, refused_digest: Option<String>) {
+        let mut p = self.problem();
+        p.error = Some(error);
+        if refused_digest.is_some() {
+            p.refused = refused_digest;
+        }
+    }
+
+    /// Serve `app` (from bundle version `digest`) from now on; running requests keep theirs.
+    pub fn swap(&self, app: App, digest: String) {
+        self.current.store(Some(Arc::new(Version {
+            target: Arc::new(Target {
+                tenant: self.tenant.clone(),
+                app: Arc::new(app),
+                envelope: self.envelope.clone(),
+                admission: self.admission.clone(),
+            }),
+            digest,
+            since: SystemTime::now(),
+            carried: false,
+        })));
+        *self.problem() = Problem::default();
+    }
+
+    /// Carry another slot's version over, under this slot's tenant envelope.
+    fn adopt(&self, version: &Version) {
+        self.current.store(Some(Arc::new(Version {
+            target: Arc::new(Target {
+                tenant: self.tenant.clone(),
+                app: version.target.app.clone(),
+                envelope: self.envelope.clone(),
+                admission: self.admission.clone(),
+            }),
+            digest: version.digest.clone(),
+            since: version.since,
+            carried: true,
+        })));
+    }
+
+    pub fn status(&self) -> AppStatus {
+        let current = self.current.load();
+        let problem = self.problem();
+        let (error, last_error) = match current.as_ref() {
+            Some(_) => (None, problem.error.clone()),
+            None => (
+                Some(
+                    problem
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "waiting for the first version".into()),
+                ),
+                None,
+            ),
+        };
+        AppStatus {
+            app: self.name.clone(),
+            tenant: self.tenant.clone(),
+            digest: current.as_ref().map(|v| v.digest.clone()),
+            since: current.as_ref().map(|v| epoch_secs(v.since)),
+            host: current
+                .as_ref()
+                .map(|v| format!("{:?}", v.target.app.host).to_lowercase()),
+            error,
+            last_error,
+        }
+    }
+
+    /// The module's run settings: the bundle's, with the node config's env on top and its
+    /// args instead when it names any.
+    pub fn run_settings(&self, bundle: Option<&Verified>) -> (Vec<String>, Vec<(String, String)>) {
+        let mut env: BTreeMap<String, String> =
+            bundle.map(|b| b.config.env.clone()).unwrap_or_default();
+        env.extend(self.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let args = match bundle {
+            Some(b) if self.spec.args.is_empty() => b.config.args.clone(),
+            _ => self.spec.args.clone(),
+        };
+        (args, env.into_iter().collect())
+    }
+
+    pub fn host_choice(&self) -> HostChoice {
+        host_choice(self.spec.host)
+    }
+}
+
 struct TenantRuntime {
     limits: edge_config::Limits,
+    keys: Vec<VerifyingKey>,
     envelope: Arc<Envelope>,
     admission: Arc<Semaphore>,
 }
 
-#[derive(Clone)]
-struct LoadedApp {
-    app: Arc<App>,
-    tenant: String,
-    since: SystemTime,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    host: GuestHost,
+/// What every state of the node shares: the sandbox, the metrics, the bundle cache.
+pub struct NodeContext {
+    pub sandbox: Arc<Sandbox>,
+    pub metrics: Arc<Metrics>,
+    /// The node's cache: an OCI image layout whose index records what each app last served.
+    pub cache: Layout,
+    /// `local:REPO:TAG` sources read the OCI image layout `bundles/REPO`.
+    pub bundles: PathBuf,
+}
+
+impl NodeContext {
+    pub fn new(
+        data_dir: &std::path::Path,
+        sandbox: Arc<Sandbox>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let cache = Layout::create(&data_dir.join("cache"))?;
+        let leftovers = cache.remove_leftovers();
+        if leftovers > 0 {
+            tracing::info!(
+                files = leftovers,
+                "removed unfinished writes from the bundle cache"
+            );
+        }
+        Ok(Self {
+            sandbox,
+            metrics,
+            cache,
+            bundles: data_dir.join("bundles"),
+        })
+    }
+
+    pub fn caps(&self, config: &Config) -> Caps {
+        Caps {
+            module: config
+                .registry
+                .max_module
+                .min(self.sandbox.config().max_module_bytes as u64),
+            assets: MAX_ASSETS_BYTES,
+        }
+    }
+
+    /// Compile a verified bundle for a slot (blocking).
+    pub fn load_bundle(&self, slot: &AppSlot, v: &Verified) -> Result<App, String> {
+        let (args, env) = slot.run_settings(Some(v));
+        self.sandbox
+            .load_with(&slot.name, &v.module, args, &env, slot.host_choice())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Record that `slot` serves version `v`, so a restart serves it from the cache.
+    pub fn record(&self, slot: &AppSlot, v: &Verified) -> Result<(), crate::bundle::Rejection> {
+        let extra = BTreeMap::from([
+            (
+                SOURCE_ANNOTATION.to_string(),
+                source_text(&slot.spec.source),
+            ),
+            (SIGNATURE_ANNOTATION.to_string(), v.signature.clone()),
+            (TENANT_ANNOTATION.to_string(), slot.tenant.clone()),
+        ]);
+        self.cache.set_ref(
+            &format!("apps/{}", slot.name),
+            &v.digest,
+            v.manifest_size,
+            extra,
+        )
+    }
+
+    /// The version this app last served with the same source, proven from the cache alone.
+    fn recorded(
+        &self,
+        slot: &AppSlot,
+        caps: Caps,
+    ) -> Option<Result<Verified, crate::bundle::Rejection>> {
+        let entry = self.cache.resolve(&format!("apps/{}", slot.name)).ok()??;
+        let notes = entry.annotations.as_ref()?;
+        if notes.get(SOURCE_ANNOTATION)? != &source_text(&slot.spec.source)
+            || notes.get(TENANT_ANNOTATION)? != &slot.tenant
+        {
+            return None;
+        }
+        let signature = notes.get(SIGNATURE_ANNOTATION)?;
+        Some(verify_cached(
+            &self.cache,
+            &entry.digest,
+            signature,
+            &slot.keys,
+            caps,
+        ))
+    }
+}
+
+/// A source as the config spells it.
+pub fn source_text(s: &Source) -> String {
+    let reference = |r: &edge_config::Reference| match r {
+        edge_config::Reference::Tag(t) => format!(":{t}"),
+        edge_config::Reference::Digest(d) => format!("@{d}"),
+    };
+    match s {
+        Source::Oci {
+            registry,
+            repository,
+            reference: r,
+        } => format!("oci://{registry}/{repository}{}", reference(r)),
+        Source::Local {
+            repository,
+            reference: r,
+        } => format!("local:{repository}{}", reference(r)),
+        Source::File(p) => format!("file:{}", p.display()),
+    }
 }
 
 pub struct State {
     pub config: Arc<Config>,
     pub router: Router<Routed>,
-    pub apps: Vec<AppStatus>,
+    pub slots: Vec<Arc<AppSlot>>,
     tenants: HashMap<String, TenantRuntime>,
-    loaded: HashMap<String, LoadedApp>,
 }
 
 impl State {
@@ -68,15 +335,25 @@ impl State {
         Self {
             config: Arc::new(config),
             router: Router::default(),
-            apps: Vec::new(),
+            slots: Vec::new(),
             tenants: HashMap::new(),
-            loaded: HashMap::new(),
         }
     }
 
-    /// Ready when every routed app has a compiled version.
+    /// Each tenant's requests waiting for a CPU slot now.
+    pub fn queue_depths(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.tenants
+            .iter()
+            .map(|(name, t)| (name.as_str(), t.envelope.queued()))
+    }
+
+    pub fn apps(&self) -> Vec<AppStatus> {
+        self.slots.iter().map(|s| s.status()).collect()
+    }
+
+    /// Ready when every app has a runnable version.
     pub fn ready(&self) -> bool {
-        self.apps.iter().all(|a| a.error.is_none())
+        self.slots.iter().all(|s| s.current.load().is_some())
     }
 }
 
@@ -104,130 +381,82 @@ fn epoch_secs(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-enum KeptOrNew<'a> {
-    Kept(&'a LoadedApp),
-    New(App),
+fn verifying_keys(keys: &[edge_config::PublicKey]) -> Vec<VerifyingKey> {
+    // A config key that is not a curve point cannot verify anything; it is left out.
+    keys.iter()
+        .filter_map(|k| VerifyingKey::from_bytes(&k.0).ok())
+        .collect()
 }
 
-/// Build the next state from a validated config, reusing what did not change (tenant
-/// semaphores, loaded apps whose module and settings are the same). Blocking: compiles.
-pub fn build(config: Config, previous: &State, sandbox: &Sandbox) -> State {
+/// Build the next state from a validated config. Work is proportional to what changed: an
+/// app whose entry and tenant did not change keeps its slot (and the version in it); a new
+/// or changed app loads its module (`file:`) or the version it last served from the cache
+/// (bundles; the sync loop fetches newer ones). Blocking: may compile.
+pub fn build(config: Config, previous: &State, ctx: &NodeContext) -> State {
     let mut tenants = HashMap::new();
     for t in &config.tenants {
         let name = t.name.as_str().to_string();
+        let keys = verifying_keys(&t.keys);
         let reused = previous
             .tenants
             .get(&name)
             .filter(|old| old.limits == t.limits)
             .map(|old| TenantRuntime {
                 limits: old.limits.clone(),
+                keys: keys.clone(),
                 envelope: old.envelope.clone(),
                 admission: old.admission.clone(),
             });
         let runtime = reused.unwrap_or_else(|| TenantRuntime {
             limits: t.limits.clone(),
-            envelope: Arc::new(sandbox.envelope(sandbox_limits(&t.limits))),
+            keys,
+            envelope: Arc::new(ctx.sandbox.envelope(sandbox_limits(&t.limits))),
             admission: Arc::new(Semaphore::new(t.limits.concurrency as usize)),
         });
         tenants.insert(name, runtime);
     }
+    let caps = ctx.caps(&config);
 
-    let mut loaded = HashMap::new();
-    let mut apps = Vec::new();
-    let mut targets: HashMap<String, Arc<Target>> = HashMap::new();
+    let mut slots = Vec::new();
+    let mut by_name: HashMap<String, Arc<AppSlot>> = HashMap::new();
     for a in &config.apps {
         let name = a.name.as_str().to_string();
         let tenant = a.tenant.as_str().to_string();
-        let env: Vec<(String, String)> =
-            a.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let result = match &a.source {
-            Source::File(path) => std::fs::read(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))
-                .and_then(|bytes| {
-                    sandbox
-                        .load_with(&name, &bytes, a.args.clone(), &env, host_choice(a.host))
-                        .map_err(|e| e.to_string())
-                }),
-            Source::Oci { .. } | Source::Local { .. } => {
-                Err("bundle sources (oci:, local:) are not served by this version yet".to_string())
+        let Some(rt) = tenants.get(&tenant) else {
+            continue;
+        };
+        let old = previous.slots.iter().find(|s| s.name == name);
+        let unchanged = old.filter(|s| {
+            s.spec == *a && Arc::ptr_eq(&s.envelope, &rt.envelope) && s.keys == rt.keys
+        });
+        let slot = match unchanged {
+            Some(s) => s.clone(),
+            None => {
+                static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let slot = Arc::new(AppSlot {
+                    id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    name: name.clone(),
+                    tenant: tenant.clone(),
+                    spec: a.clone(),
+                    keys: rt.keys.clone(),
+                    envelope: rt.envelope.clone(),
+                    admission: rt.admission.clone(),
+                    current: ArcSwapOption::empty(),
+                    problem: Mutex::new(Problem::default()),
+                });
+                first_version(&slot, old.map(|s| s.as_ref()), ctx, caps);
+                slot
             }
         };
-        let mut status = AppStatus {
-            app: name.clone(),
-            tenant: tenant.clone(),
-            digest: None,
-            since: None,
-            host: None,
-            error: None,
-            last_error: None,
-        };
-        // A version that fails to load never replaces one that serves.
-        let result = match (result, previous.loaded.get(&name)) {
-            (Err(e), Some(old)) if old.tenant == tenant => {
-                tracing::error!(app = %name, error = %e, "new version refused; the last good version keeps serving");
-                status.last_error = Some(e);
-                Ok(KeptOrNew::Kept(old))
-            }
-            (Err(e), _) => Err(e),
-            (Ok(app), _) => Ok(KeptOrNew::New(app)),
-        };
-        match result {
-            Ok(kept_or_new) => {
-                let same = match &kept_or_new {
-                    KeptOrNew::Kept(old) => Some(*old),
-                    KeptOrNew::New(app) => previous.loaded.get(&name).filter(|old| {
-                        old.app.digest == app.digest
-                            && old.tenant == tenant
-                            && old.args == a.args
-                            && old.env == env
-                            && old.host == a.host
-                    }),
-                };
-                let entry = match (same, kept_or_new) {
-                    (Some(old), _) => old.clone(),
-                    // A kept version is always the previous one (`same` above).
-                    (None, KeptOrNew::Kept(old)) => old.clone(),
-                    (None, KeptOrNew::New(app)) => {
-                        tracing::info!(app = %name, tenant = %tenant, digest = %app.digest, source = app.source.label(), "app ready");
-                        LoadedApp {
-                            app: Arc::new(app),
-                            tenant: tenant.clone(),
-                            since: SystemTime::now(),
-                            args: a.args.clone(),
-                            env: env.clone(),
-                            host: a.host,
-                        }
-                    }
-                };
-                status.digest = Some(entry.app.digest.clone());
-                status.since = Some(epoch_secs(entry.since));
-                status.host = Some(format!("{:?}", entry.app.host).to_lowercase());
-                if let Some(t) = tenants.get(&tenant) {
-                    targets.insert(
-                        name.clone(),
-                        Arc::new(Target {
-                            tenant: tenant.clone(),
-                            app: entry.app.clone(),
-                            envelope: t.envelope.clone(),
-                            admission: t.admission.clone(),
-                        }),
-                    );
-                }
-                loaded.insert(name, entry);
-            }
-            Err(e) => {
-                tracing::error!(app = %name, tenant = %tenant, error = %e, "app not ready");
-                status.error = Some(e);
-            }
-        }
-        apps.push(status);
+        by_name.insert(name, slot.clone());
+        slots.push(slot);
     }
 
     let mut router = Router::default();
     for r in &config.routes {
         let app = r.app.as_str();
-        let routed = match targets.get(app) {
-            Some(t) => Routed::Ready(t.clone()),
+        let routed = match by_name.get(app) {
+            Some(slot) => Routed::App(slot.clone()),
             None => Routed::NotReady {
                 app: app.to_string(),
             },
@@ -237,9 +466,70 @@ pub fn build(config: Config, previous: &State, sandbox: &Sandbox) -> State {
     State {
         config: Arc::new(config),
         router,
-        apps,
+        slots,
         tenants,
-        loaded,
+    }
+}
+
+/// Give a new slot its first version: the module (`file:`), or the bundle version the app last
+/// served from this source (cache). A version that fails never replaces one that serves: the
+/// previous slot's version is carried over if it was the same tenant's.
+fn first_version(slot: &AppSlot, old: Option<&AppSlot>, ctx: &NodeContext, caps: Caps) {
+    let name = &slot.name;
+    let loaded: Result<Option<(App, String)>, String> = match &slot.spec.source {
+        Source::File(path) => std::fs::read(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(|bytes| {
+                let (args, env) = slot.run_settings(None);
+                ctx.sandbox
+                    .load_with(name, &bytes, args, &env, slot.host_choice())
+                    .map_err(|e| e.to_string())
+            })
+            .map(|app| {
+                let digest = app.digest.clone();
+                Some((app, digest))
+            }),
+        Source::Oci { .. } | Source::Local { .. } => match ctx.recorded(slot, caps) {
+            None => Ok(None),
+            Some(Err(e)) => Err(format!("the cached version does not verify: {e}")),
+            Some(Ok(v)) => ctx.load_bundle(slot, &v).map(|app| Some((app, v.digest))),
+        },
+    };
+    match loaded {
+        Ok(Some((app, digest))) => {
+            tracing::info!(app = %name, tenant = %slot.tenant, digest = %digest, source = app.source.label(), "app ready");
+            let before = old.and_then(|o| o.digest());
+            ctx.metrics
+                .app_version(&slot.tenant, name, before.as_deref(), &digest);
+            slot.swap(app, digest);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            let kept = old
+                .filter(|o| o.tenant == slot.tenant)
+                .and_then(|o| o.current.load_full());
+            match kept {
+                Some(version) => {
+                    tracing::error!(app = %name, error = %e, "new version refused; the last good version keeps serving");
+                    slot.adopt(&version);
+                }
+                None => {
+                    tracing::error!(app = %name, tenant = %slot.tenant, error = %e, "app not ready")
+                }
+            }
+            slot.set_error(e, None);
+            return;
+        }
+    }
+    if slot.current.load().is_none() {
+        // A bundle app not in the cache: serve the previous version until the sync loop has
+        // pulled this one (a pinned rollback, a changed env).
+        if let Some(version) = old
+            .filter(|o| o.tenant == slot.tenant)
+            .and_then(|o| o.current.load_full())
+        {
+            slot.adopt(&version);
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! One module per `outpost` subcommand, plus what they share.
 
+pub mod bundle;
 pub mod check;
+pub mod keygen;
 pub mod run;
 pub mod serve;
 

@@ -2,13 +2,12 @@
 //! configuration on SIGHUP and when the file changes (an invalid file keeps the old one
 //! serving), exposes the admin listener, and drains open requests on SIGTERM.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Args;
-use sha2::{Digest, Sha256};
 
 use crate::error::Failure;
 use crate::http::certs::{self, Certs, SniResolver};
@@ -17,9 +16,9 @@ use crate::http::quic::QuicListener;
 use crate::http::tls::{ConnLimits, TlsListener};
 use crate::http::Handler;
 use crate::metrics::Metrics;
-use crate::node::{self, Live, Routed, State};
+use crate::node::sync::{Nudge, Syncer};
+use crate::node::{self, Live, NodeContext, Routed, State};
 use crate::sandbox::{Sandbox, SandboxConfig};
-use rustls::sign::CertifiedKey;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -28,16 +27,8 @@ pub struct ServeArgs {
     pub config: PathBuf,
 }
 
-/// How often the configuration file is checked for changes.
-const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// How long open requests may take to finish after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(30);
-
-fn file_digest(path: &Path) -> Option<Vec<u8>> {
-    std::fs::read(path)
-        .ok()
-        .map(|b| Sha256::digest(&b).to_vec())
-}
 
 fn request_handler(live: Arc<Live>, shared: Arc<Shared>) -> Handler {
     Arc::new(move |req, conn: ConnInfo| {
@@ -47,13 +38,17 @@ fn request_handler(live: Arc<Live>, shared: Arc<Shared>) -> Handler {
             let state = live.state.load_full();
             let found = state.router.lookup(&host, req.uri().path());
             match found {
-                Some((prefix, Routed::Ready(target))) => {
+                Some((prefix, Routed::App(slot))) => {
+                    // The version this request runs on, whatever the sync loop swaps meanwhile.
+                    let Some(target) = slot.target() else {
+                        tracing::info!(target: "outpost::request", %host, app = %slot.name, status = 503, "app not ready");
+                        return error_response(&Failure::NotReady);
+                    };
                     let script = if prefix.as_str() == "/" {
                         ""
                     } else {
                         prefix.as_str()
                     };
-                    let target = target.clone();
                     let script = script.to_string();
                     drop(state);
                     serve_app(&shared, &target, req, &conn, &script).await
@@ -71,88 +66,6 @@ fn request_handler(live: Arc<Live>, shared: Arc<Shared>) -> Handler {
     })
 }
 
-/// What a reload refreshes besides the state.
-#[derive(Clone)]
-struct Reloadable {
-    live: Arc<Live>,
-    sandbox: Arc<Sandbox>,
-    metrics: Arc<Metrics>,
-    certs: Option<(Arc<SniResolver>, Arc<CertifiedKey>)>,
-}
-
-async fn reload(path: PathBuf, r: Reloadable) {
-    let Reloadable {
-        live,
-        sandbox,
-        metrics,
-        certs,
-    } = r;
-    let worker_live = live.clone();
-    let built = tokio::task::spawn_blocking(move || {
-        let config = edge_config::load(&path)?;
-        let previous = worker_live.state.load_full();
-        if config.listen != previous.config.listen || config.node != previous.config.node {
-            tracing::warn!("[listen] and [node] changes take effect at the next restart");
-        }
-        Ok::<State, edge_config::Diagnostics>(node::build(config, &previous, &sandbox))
-    })
-    .await;
-    match built {
-        Ok(Ok(state)) => {
-            let (apps, routes) = (state.apps.len(), state.router.len());
-            if let Some((resolver, default)) = &certs {
-                resolver
-                    .certs
-                    .store(Arc::new(Certs::build(&state.config, default.clone())));
-            }
-            live.state.store(Arc::new(state));
-            metrics.config_reloads.with_label_values(&["ok"]).inc();
-            tracing::info!(apps, routes, "configuration reloaded");
-        }
-        Ok(Err(diagnostics)) => {
-            metrics.config_reloads.with_label_values(&["error"]).inc();
-            tracing::error!(
-                "configuration not reloaded; the previous one keeps serving:\n{diagnostics}"
-            );
-        }
-        Err(e) => {
-            metrics.config_reloads.with_label_values(&["error"]).inc();
-            tracing::error!(error = %e, "configuration reload failed");
-        }
-    }
-}
-
-/// Reload on SIGHUP, and when the file's contents change.
-async fn watch_config(path: PathBuf, r: Reloadable) {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut seen = file_digest(&path);
-    let mut tick = tokio::time::interval(WATCH_EVERY);
-    loop {
-        let hup = async {
-            match hangup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = hup => {
-                tracing::info!("SIGHUP: reloading the configuration");
-            }
-            _ = tick.tick() => {
-                let now = file_digest(&path);
-                if now == seen || now.is_none() {
-                    continue;
-                }
-                tracing::info!("the configuration file changed: reloading");
-            }
-        }
-        seen = file_digest(&path);
-        reload(path.clone(), r.clone()).await;
-    }
-}
-
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config =
         edge_config::load(&args.config).map_err(|d| anyhow!("invalid configuration:\n{d}"))?;
@@ -168,9 +81,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listen = config.listen.clone();
     let tls = config.tls.clone();
     let data_dir = config.node.data_dir.clone();
-    let state = node::build(config.clone(), &State::empty(config), &sandbox);
+    let ctx = Arc::new(
+        NodeContext::new(&data_dir, sandbox.clone(), metrics.clone())
+            .context("cannot open the bundle cache")?,
+    );
+    let notify_token = config.registry.notify_token_file.clone();
+    let state = node::build(config.clone(), &State::empty(config), &ctx);
     tracing::info!(
-        apps = state.apps.len(),
+        apps = state.slots.len(),
         routes = state.router.len(),
         ready = state.ready(),
         "configuration loaded"
@@ -216,6 +134,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     runtime.block_on(async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let nudge = Arc::new(Nudge::default());
+        let syncer = tokio::spawn(
+            Syncer {
+                ctx: ctx.clone(),
+                live: live.clone(),
+                nudge: nudge.clone(),
+            }
+            .run(),
+        );
         let mut listeners = tokio::task::JoinSet::new();
         let admin = tokio::net::TcpListener::bind(listen.admin)
             .await
@@ -223,7 +150,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("admin listening on http://{}", admin.local_addr()?);
         listeners.spawn(crate::http::plain::serve(
             admin,
-            crate::http::admin::handler(live.clone(), metrics.clone()),
+            crate::http::admin::handler(
+                live.clone(),
+                metrics.clone(),
+                notify_token.map(|token_file| crate::http::admin::Notifications {
+                    token_file,
+                    nudge: nudge.clone(),
+                }),
+            ),
             crate::http::plain::PlainLimits::uncapped(listen.header_timeout),
             stopped.clone(),
             Duration::from_secs(1),
@@ -287,16 +221,17 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             };
             listeners.spawn(tls.serve(stopped.clone(), DRAIN));
         }
-        let reloadable = Reloadable {
+        let reloadable = node::reload::Reloadable {
             live: live.clone(),
-            sandbox: sandbox.clone(),
+            ctx: ctx.clone(),
             metrics: metrics.clone(),
             certs: certs.clone(),
         };
-        let watcher = tokio::spawn(watch_config(args.config.clone(), reloadable));
+        let watcher = tokio::spawn(node::reload::watch_config(args.config.clone(), reloadable));
         super::terminate_signal().await;
         tracing::info!("shutting down: no new connections; finishing open requests");
         watcher.abort();
+        syncer.abort();
         let _ = stop.send(true);
         while listeners.join_next().await.is_some() {}
         tracing::info!("stopped");

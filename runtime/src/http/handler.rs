@@ -55,7 +55,7 @@ pub fn error_response(failure: &Failure) -> Response<OutBody> {
     );
     if matches!(
         failure,
-        Failure::Limit(Limit::Concurrency) | Failure::NotReady
+        Failure::Limit(Limit::Concurrency | Limit::Queue) | Failure::NotReady
     ) {
         response
             .headers_mut()
@@ -292,6 +292,10 @@ fn log_outcome(
         .with_label_values(&[tenant])
         .observe(outcome.instantiate.as_secs_f64());
     metrics
+        .queue_wait
+        .with_label_values(&[tenant])
+        .observe(outcome.queued.as_secs_f64());
+    metrics
         .fuel_used
         .with_label_values(&[tenant])
         .inc_by(outcome.fuel_used);
@@ -318,6 +322,7 @@ fn log_outcome(
         fuel = outcome.fuel_used,
         memory_peak = outcome.memory_peak,
         instantiate_us = outcome.instantiate.as_micros() as u64,
+        queued_us = outcome.queued.as_micros() as u64,
         duration_us = outcome.total.as_micros() as u64,
         failure = failure.as_deref().unwrap_or(""),
     );

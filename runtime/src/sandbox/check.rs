@@ -2,7 +2,7 @@
 //! not a WASI command outpost can run, naming the cause. It never compiles or allocates more
 //! than the module's own import list.
 
-use wasmer::wasmparser::{Parser, Payload, TypeRef, ValType};
+use wasmer::wasmparser::{MemoryType, Parser, Payload, TableType, TypeRef, ValType};
 
 use super::wasi::{signature_of, WASI_P1};
 
@@ -65,6 +65,8 @@ pub enum CheckError {
         found: String,
         expected: String,
     },
+    #[error("uses {0}, which outpost does not run: a request runs on one thread with one linear memory of at most its tenant's memory limit; rebuild the module without it")]
+    Unsupported(&'static str),
     #[error("imports a {kind} `{module}`.`{name}`; outpost provides only functions")]
     NonFunctionImport {
         kind: &'static str,
@@ -83,6 +85,31 @@ fn sig_string(params: &[ValType], results: &[ValType]) -> String {
             .join(", ")
     };
     format!("({}) -> ({})", list(params), list(results))
+}
+
+/// Names of imports that start threads (wasi-threads, WASIX): refused, as outpost runs each
+/// request on one thread under one deadline and one memory budget.
+fn spawns_threads(name: &str) -> bool {
+    name == "thread-spawn" || name.starts_with("thread_spawn")
+}
+
+/// A memory outpost can host: 32-bit, not shared (shared memories exist for threads, and
+/// their waits are host waits no deadline interrupts).
+fn check_memory(ty: &MemoryType) -> Result<(), CheckError> {
+    if ty.memory64 {
+        return Err(CheckError::Unsupported("a 64-bit memory (memory64)"));
+    }
+    if ty.shared {
+        return Err(CheckError::Unsupported("a shared memory (threads)"));
+    }
+    Ok(())
+}
+
+fn check_table(ty: &TableType) -> Result<(), CheckError> {
+    if ty.table64 {
+        return Err(CheckError::Unsupported("a 64-bit table (memory64)"));
+    }
+    Ok(())
 }
 
 /// Check a module's bytes. Cheap: it reads section headers, the type and import sections and
@@ -110,6 +137,7 @@ pub fn check_module(
     let mut has_start = false;
     let mut saw_end = false;
     let mut needs_wasix: Option<(String, String)> = None;
+    let mut memories = 0u32;
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(malformed)? {
             Payload::Version {
@@ -130,8 +158,10 @@ pub fn check_module(
                     let (module, name) = (import.module.to_string(), import.name.to_string());
                     let type_index = match import.ty {
                         TypeRef::Func(i) | TypeRef::FuncExact(i) => i,
-                        // wasi-threads modules import their shared memory.
-                        TypeRef::Memory(_) if module == "env" && name == "memory" => {
+                        // A module linked to import its memory (wasix toolchains).
+                        TypeRef::Memory(ty) if module == "env" && name == "memory" => {
+                            check_memory(&ty)?;
+                            memories += 1;
                             needs_wasix.get_or_insert((module, name));
                             continue;
                         }
@@ -164,6 +194,9 @@ pub fn check_module(
                             })
                         }
                     };
+                    if spawns_threads(&name) {
+                        return Err(CheckError::Unsupported("threads (a thread-spawn import)"));
+                    }
                     if WASIX_MODULES.contains(&module.as_str()) {
                         // wasix checks these itself when it links the instance.
                         needs_wasix.get_or_insert((module, name));
@@ -194,6 +227,17 @@ pub fn check_module(
                     imports.push(name);
                 }
             }
+            Payload::MemorySection(reader) => {
+                for ty in reader {
+                    check_memory(&ty.map_err(malformed)?)?;
+                    memories += 1;
+                }
+            }
+            Payload::TableSection(reader) => {
+                for table in reader {
+                    check_table(&table.map_err(malformed)?.ty)?;
+                }
+            }
             Payload::ExportSection(reader) => {
                 for export in reader {
                     let export = export.map_err(malformed)?;
@@ -210,6 +254,13 @@ pub fn check_module(
     }
     if !saw_end {
         return Err(CheckError::Malformed("unexpected end of module".into()));
+    }
+    if memories > 1 {
+        // The memory limit is one budget per instance; one memory keeps every host call's
+        // view of the guest unambiguous.
+        return Err(CheckError::Unsupported(
+            "more than one memory (multi-memory)",
+        ));
     }
     if !has_start {
         return Err(CheckError::NoStart);

@@ -44,6 +44,24 @@ impl From<Failure> for HostStop {
     }
 }
 
+/// Wait for `fut` on the async runtime until the deadline, without holding a CPU slot (see
+/// `scheduler::blocking`): the guest is idle, other requests of its tenant may run meanwhile.
+fn wait_for<F: std::future::Future>(
+    handle: &Handle,
+    deadline: Instant,
+    fut: F,
+) -> Result<F::Output, Failure> {
+    let until = tokio::time::Instant::from_std(deadline);
+    // The timer must be created inside the runtime's context.
+    let waited = super::scheduler::blocking(deadline, || {
+        handle.block_on(async { tokio::time::timeout_at(until, fut).await })
+    });
+    match waited {
+        Ok(Ok(out)) => Ok(out),
+        _ => Err(Failure::Limit(Limit::Time)),
+    }
+}
+
 /// A response body chunk, or the reason the body was cut short.
 pub type BodyChunk = Result<Bytes, Failure>;
 
@@ -109,13 +127,7 @@ impl GuestInput {
             let next = match rx.try_recv() {
                 Ok(chunk) => Some(chunk),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    let until = tokio::time::Instant::from_std(deadline);
-                    // The timer must be created inside the runtime's context.
-                    handle
-                        .block_on(async { tokio::time::timeout_at(until, rx.recv()).await })
-                        .map_err(|_| Failure::Limit(Limit::Time))?
-                }
+                Err(mpsc::error::TryRecvError::Empty) => wait_for(handle, deadline, rx.recv())?,
             };
             match next {
                 Some(Ok(chunk)) => self.current = chunk,
@@ -276,6 +288,12 @@ impl GuestOutput {
         }
     }
 
+    /// Whether bytes written now would be dropped unread (the response is over): a host call
+    /// need not copy them out of the guest.
+    pub fn discards(&self) -> bool {
+        matches!(self.state, OutState::Closed)
+    }
+
     /// The status sent to the client, once the response started or failed.
     pub fn status(&self) -> Option<http::StatusCode> {
         self.status
@@ -316,13 +334,9 @@ impl GuestOutput {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Failure::ClientGone.into()),
             Err(mpsc::error::TrySendError::Full(chunk)) => {
-                let until = tokio::time::Instant::from_std(deadline);
-                match handle
-                    .block_on(async { tokio::time::timeout_at(until, tx.send(chunk)).await })
-                {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(Failure::ClientGone.into()),
-                    Err(_) => Err(Failure::Limit(Limit::Time).into()),
+                match wait_for(handle, deadline, tx.send(chunk))? {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(Failure::ClientGone.into()),
                 }
             }
         }
@@ -391,8 +405,13 @@ impl StderrBuf {
         }
     }
 
+    /// Bytes it still keeps.
+    pub fn room(&self) -> usize {
+        self.cap.saturating_sub(self.bytes.len())
+    }
+
     pub fn write(&mut self, data: &[u8]) {
-        let room = self.cap.saturating_sub(self.bytes.len());
+        let room = self.room();
         if data.len() > room {
             self.truncated = true;
         }

@@ -90,23 +90,83 @@ impl Watch {
         std::thread::current().id() == self.thread && thread_faults() == Some(self.faults)
     }
 }
+/// Host bytes one table element costs: wasmer keeps a table in a `Vec` of pointer-sized
+/// elements, which may hold up to twice its length in capacity after growing.
+const TABLE_ELEMENT_BYTES: u64 = 16;
+/// Elements a table may grow by past its declared minimum (whatever maximum it declares).
+const TABLE_GROWTH_ELEMENTS: u32 = 65_536;
+
+/// What one instance may still take in host memory for its linear memories and tables: the
+/// tenant's memory limit covers the whole instance, however many memories and tables the
+/// module declares. Charged when a memory or table is created and when a memory grows; never
+/// refunded (the budget lives as long as the instance), so what was charged is the peak.
+#[derive(Debug)]
+pub struct InstanceBudget {
+    cap: u64,
+    used: std::sync::atomic::AtomicU64,
+}
+
+impl InstanceBudget {
+    pub fn new(cap: u64) -> Arc<Self> {
+        Arc::new(Self {
+            cap,
+            used: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Take `bytes` from the budget; false (and nothing taken) if they do not fit.
+    fn charge(&self, bytes: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.cap)
+            })
+            .is_ok()
+    }
+
+    /// Bytes charged so far: the instance's peak memory.
+    pub fn used(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+thread_local! {
+    /// The budget of the instance being created on this thread (see `BudgetScope`).
+    static BUDGET: std::cell::RefCell<Option<Arc<InstanceBudget>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// While alive, memories and tables created on this thread are charged to `budget`.
+pub struct BudgetScope(());
+
+impl BudgetScope {
+    pub fn enter(budget: &Arc<InstanceBudget>) -> Self {
+        BUDGET.with(|b| *b.borrow_mut() = Some(budget.clone()));
+        Self(())
+    }
+}
+
+impl Drop for BudgetScope {
+    fn drop(&mut self) {
+        BUDGET.with(|b| *b.borrow_mut() = None);
+    }
+}
+
+/// The budget to charge a memory or table being created now: the instance's, or, outside an
+/// instance's scope, a budget of the engine's own cap for this object alone.
+fn current_budget(cap: u64) -> Arc<InstanceBudget> {
+    BUDGET
+        .with(|b| b.borrow().clone())
+        .unwrap_or_else(|| InstanceBudget::new(cap))
+}
+
 /// Above this many accessible bytes a recycled memory is handed back to the kernel whole
-/// instead of being zeroed page by page.
-const ZERO_IN_PLACE_MAX: usize = 16 << 20;
+/// instead of being zeroed page by page. It also bounds what idle pooled memories keep
+/// resident (this much per idle slot), so a burst of large guests does not leave the node's
+/// RSS high.
+const ZERO_IN_PLACE_MAX: usize = 4 << 20;
 /// Wasm stack for each call into a guest; deep recursion past it traps as a stack overflow.
 const GUEST_STACK_BYTES: usize = 1 << 20;
-
-/// Whether the system has swap: decides if non-resident pages can hold old data. Read once;
-/// swap turned on later is not seen, so operators enabling swap restart the node.
-fn swap_active() -> bool {
-    static SWAP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SWAP.get_or_init(|| {
-        std::fs::read_to_string("/proc/swaps")
-            // The first line is a header; any further line is an active swap area.
-            .map(|s| s.lines().skip(1).any(|l| !l.trim().is_empty()))
-            .unwrap_or(true)
-    })
-}
 
 /// Every guest memory is a static 4 GiB heap plus wasmer's offset guard, so compiled code can
 /// elide bounds checks; the reservation costs address space only.
@@ -195,32 +255,42 @@ impl Slot {
         Ok(())
     }
 
-    fn discard(&self, start: usize, len: usize) {
+    /// Drop the pages of a range so it reads back as zero; false if the kernel refused, and
+    /// then the range may still hold a guest's data.
+    #[must_use]
+    fn discard(&self, start: usize, len: usize) -> bool {
         // SAFETY: inside our reservation; MADV_DONTNEED on private anonymous memory makes the
         // range read back as zero.
-        unsafe {
+        let rc = unsafe {
             libc::madvise(
                 self.base.as_ptr().add(start).cast(),
                 len,
                 libc::MADV_DONTNEED,
-            );
-        }
+            )
+        };
+        rc == 0
     }
 
     /// Return the accessible range to all zeroes. Resident pages are cleared in place (cheaper
-    /// than refaulting them on the next request); pages that are not resident, including any
-    /// swapped out, are discarded so they cannot come back with old contents.
+    /// than refaulting them on the next request); pages that are not resident are discarded,
+    /// since a non-resident page may be a swapped-out page with old contents (swap can be
+    /// turned on at any time, so it is never assumed off).
     ///
     /// `no_new_pages`: the memory's user faulted in no page since the slot was last scrubbed
     /// (see `Watch`), so the resident pages are exactly those the last scan found, at the same
-    /// accessible size: only those are cleared, without scanning again.
-    /// Returns whether it scanned.
-    fn scrub(&mut self, no_new_pages: bool) -> bool {
+    /// accessible size: only those are cleared, without scanning again. This holds with swap
+    /// too: a known page swapped out since is swapped back in by the clearing write, and a page
+    /// outside the known runs was zero and non-resident at the last scan and, with no fault,
+    /// was not touched since.
+    ///
+    /// Ok(whether it scanned), or Err if a range could not be cleared: such a slot must never
+    /// be reused.
+    fn scrub(&mut self, no_new_pages: bool) -> Result<bool, ()> {
         let len = self.accessible;
         if len == 0 {
-            return false;
+            return Ok(false);
         }
-        if no_new_pages && self.no_thp && !swap_active() {
+        if no_new_pages && self.no_thp {
             if let Some((runs, scanned)) = &self.resident {
                 if *scanned == len {
                     for &(off, run) in runs {
@@ -228,15 +298,17 @@ impl Slot {
                         // instance uses now.
                         unsafe { std::ptr::write_bytes(self.base.as_ptr().add(off), 0, run) };
                     }
-                    return false;
+                    return Ok(false);
                 }
             }
         }
         self.resident = None;
         if len > ZERO_IN_PLACE_MAX {
-            self.discard(0, len);
+            if !self.discard(0, len) {
+                return Err(());
+            }
             self.resident = Some((Vec::new(), len));
-            return true;
+            return Ok(true);
         }
         let pages = len / OS_PAGE;
         let mut resident = vec![0u8; pages];
@@ -244,9 +316,11 @@ impl Slot {
         let rc =
             unsafe { libc::mincore(self.base.as_ptr().cast(), len, resident.as_mut_ptr().cast()) };
         if rc != 0 {
-            self.discard(0, len);
+            if !self.discard(0, len) {
+                return Err(());
+            }
             self.resident = Some((Vec::new(), len));
-            return true;
+            return Ok(true);
         }
         let mut runs = Vec::new();
         let mut page = 0;
@@ -261,14 +335,12 @@ impl Slot {
                 // SAFETY: the run is accessible (read-write) memory that no instance uses now.
                 unsafe { std::ptr::write_bytes(self.base.as_ptr().add(off), 0, run) };
                 runs.push((off, run));
-            } else if swap_active() {
-                // Without swap a non-resident private page was never written and reads as
-                // zero; with swap it may be a swapped-out dirty page and must be dropped.
-                self.discard(off, run);
+            } else if !self.discard(off, run) {
+                return Err(());
             }
         }
         self.resident = Some((runs, len));
-        true
+        Ok(true)
     }
 }
 
@@ -286,6 +358,8 @@ pub struct MemoryPool {
     max_idle: usize,
     /// Scrubs that scanned for resident pages (the others cleared the pages known resident).
     scans: std::sync::atomic::AtomicU64,
+    /// Slots that could not be scrubbed and were unmapped instead of reused.
+    unscrubbed: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryPool {
@@ -294,6 +368,7 @@ impl MemoryPool {
             idle: Mutex::new(Vec::with_capacity(max_idle)),
             max_idle,
             scans: std::sync::atomic::AtomicU64::new(0),
+            unscrubbed: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -315,9 +390,20 @@ impl MemoryPool {
     }
 
     fn give_back(&self, mut slot: Slot, watch: Option<Watch>) {
-        if slot.scrub(watch.is_some_and(|w| w.no_new_pages())) {
-            self.scans
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match slot.scrub(watch.is_some_and(|w| w.no_new_pages())) {
+            Ok(scanned) => {
+                if scanned {
+                    self.scans
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Err(()) => {
+                // Unmapped instead (the slot's drop): the next memory gets fresh pages.
+                tracing::warn!("a guest memory could not be scrubbed; it is unmapped, not reused");
+                self.unscrubbed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
         }
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < self.max_idle {
@@ -348,6 +434,7 @@ struct PooledMemory {
     definition: NonNull<VMMemoryDefinition>,
     /// Page faults on the creating thread, when its guest's memory is touched by it alone.
     watch: Option<Watch>,
+    budget: Arc<InstanceBudget>,
 }
 
 // SAFETY: the memory is used by one store at a time; the definition pointer points into that
@@ -402,6 +489,10 @@ impl LinearMemory for PooledMemory {
         if delta.0 == 0 {
             return Ok(previous);
         }
+        if !self.budget.charge(delta.bytes().0 as u64) {
+            GROW_DENIED.with(|flag| flag.set(true));
+            return Err(fail());
+        }
         let slot = self.slot.as_mut().ok_or_else(fail)?;
         slot.set_accessible(wanted.bytes().0)?;
         self.size = wanted;
@@ -435,6 +526,7 @@ impl Drop for PooledMemory {
 /// Engine tunables for one memory cap: static memories from the shared pool, at most
 /// `max_pages` pages each, and a fixed guest stack.
 pub struct CappedTunables {
+    max_bytes: u64,
     max_pages: Pages,
     pool: Arc<MemoryPool>,
     vmconfig: VMConfig,
@@ -444,6 +536,7 @@ impl CappedTunables {
     pub fn new(max_bytes: u64, pool: Arc<MemoryPool>) -> Self {
         let pages = (max_bytes / WASM_PAGE_SIZE as u64).min(u64::from(Pages::max_value().0));
         Self {
+            max_bytes,
             max_pages: Pages(pages as u32),
             pool,
             vmconfig: VMConfig {
@@ -453,6 +546,12 @@ impl CappedTunables {
     }
 
     fn capped(&self, ty: &MemoryType) -> Result<MemoryType, MemoryError> {
+        if ty.shared {
+            // The module check refuses shared memories; one is never made.
+            return Err(MemoryError::Generic(
+                "shared memories are not supported".into(),
+            ));
+        }
         if ty.minimum > self.max_pages {
             return Err(MemoryError::MinimumMemoryTooLarge {
                 min_requested: ty.minimum,
@@ -461,6 +560,26 @@ impl CappedTunables {
         }
         let mut capped = *ty;
         capped.maximum = Some(ty.maximum.map_or(self.max_pages, |m| m.min(self.max_pages)));
+        Ok(capped)
+    }
+}
+
+impl CappedTunables {
+    /// A table's type with its maximum capped, charged to the instance's budget at that
+    /// maximum (its growth happens inside wasmer, where it cannot be charged).
+    fn charge_table(&self, ty: &TableType) -> Result<TableType, String> {
+        let growth_cap = ty.minimum.saturating_add(TABLE_GROWTH_ELEMENTS);
+        let maximum = ty.maximum.map_or(growth_cap, |m| m.min(growth_cap));
+        let mut capped = *ty;
+        capped.maximum = Some(maximum.max(ty.minimum));
+        let bytes = u64::from(maximum.max(ty.minimum)) * TABLE_ELEMENT_BYTES;
+        if !current_budget(self.max_bytes).charge(bytes) {
+            GROW_DENIED.with(|flag| flag.set(true));
+            return Err(format!(
+                "a table of {} elements needs {bytes} bytes, over the memory limit of {} bytes",
+                ty.minimum, self.max_bytes
+            ));
+        }
         Ok(capped)
     }
 }
@@ -479,7 +598,17 @@ impl Tunables for CappedTunables {
         ty: &MemoryType,
         style: &MemoryStyle,
     ) -> Result<VMMemory, MemoryError> {
-        VMMemory::new(&self.capped(ty)?, style)
+        // A memory the host makes for a module that imports one (the wasix host): charged
+        // whole up to its maximum, as its growth is not seen here.
+        let capped = self.capped(ty)?;
+        let maximum = capped.maximum.unwrap_or(self.max_pages);
+        if !current_budget(self.max_bytes).charge(maximum.bytes().0 as u64) {
+            return Err(MemoryError::MinimumMemoryTooLarge {
+                min_requested: maximum,
+                max_allowed: self.max_pages,
+            });
+        }
+        VMMemory::new(&capped, style)
     }
 
     unsafe fn create_vm_memory(
@@ -489,9 +618,17 @@ impl Tunables for CappedTunables {
         vm_definition_location: NonNull<VMMemoryDefinition>,
     ) -> Result<VMMemory, MemoryError> {
         let capped = self.capped(ty)?;
-        if capped.shared || !matches!(style, MemoryStyle::Static) {
-            // SAFETY: forwarded from our caller's contract.
-            return unsafe { VMMemory::from_definition(&capped, style, vm_definition_location) };
+        let budget = current_budget(self.max_bytes);
+        if !budget.charge(capped.minimum.bytes().0 as u64) {
+            return Err(MemoryError::MinimumMemoryTooLarge {
+                min_requested: capped.minimum,
+                max_allowed: self.max_pages,
+            });
+        }
+        if !matches!(style, MemoryStyle::Static) {
+            return Err(MemoryError::Generic(
+                "guest memories are static; another style was asked for".into(),
+            ));
         }
         let mut slot = self.pool.take(capped.minimum.bytes().0)?;
         // Watched from before the slot is first touched (resizing only changes protection).
@@ -505,6 +642,7 @@ impl Tunables for CappedTunables {
             maximum: capped.maximum.unwrap_or(self.max_pages),
             definition: vm_definition_location,
             watch,
+            budget,
         };
         memory.publish();
         let boxed: Box<dyn LinearMemory + Send + Sync + 'static> = Box::new(memory);
@@ -512,7 +650,7 @@ impl Tunables for CappedTunables {
     }
 
     fn create_host_table(&self, ty: &TableType, style: &TableStyle) -> Result<VMTable, String> {
-        VMTable::new(ty, style)
+        VMTable::new(&self.charge_table(ty)?, style)
     }
 
     unsafe fn create_vm_table(
@@ -521,8 +659,9 @@ impl Tunables for CappedTunables {
         style: &TableStyle,
         vm_definition_location: NonNull<VMTableDefinition>,
     ) -> Result<VMTable, String> {
+        let capped = self.charge_table(ty)?;
         // SAFETY: forwarded from our caller's contract.
-        unsafe { VMTable::from_definition(ty, style, vm_definition_location) }
+        unsafe { VMTable::from_definition(&capped, style, vm_definition_location) }
     }
 
     fn vmconfig(&self) -> &VMConfig {

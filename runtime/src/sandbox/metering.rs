@@ -1,6 +1,9 @@
 //! Fuel: a compile-time middleware that charges every Wasm operator one unit, checked at the end
-//! of each basic block, and the per-request accessors for the budget.
-//! It owns only the two globals it adds to each module; the limit itself comes from the caller.
+//! of each basic block, bulk memory and table operators in proportion to their length, and the
+//! per-request accessors for the budget. It also takes the module's start function out of
+//! instantiation, so the sandbox runs it under the request's fuel and deadline.
+//! It owns only the globals and the export it adds to each module; the limit comes from the
+//! caller.
 
 use std::sync::Mutex;
 
@@ -12,18 +15,34 @@ use wasmer::{
 };
 use wasmer_types::MiddlewareError;
 
-/// Part of the engine fingerprint: bump when the cost model or the globals change.
-pub const FUEL_MODEL: &str = "fuel-v1-unit-per-op";
+/// Part of the engine fingerprint: bump when the cost model, the globals or the exports change.
+pub const FUEL_MODEL: &str = "fuel-v2-bulk-by-length-start-exported";
 const REMAINING: &str = "outpost_fuel_remaining";
 const EXHAUSTED: &str = "outpost_fuel_exhausted";
-/// Budget for a module's start function, which runs before a request's budget can be set.
-pub const START_FUEL: u64 = 10_000_000;
+/// The module's start function, exported under this name instead of run by instantiation.
+pub const START_EXPORT: &str = "outpost_start";
+/// Fuel for anything that runs before the request's budget is set: nothing should (the start
+/// function no longer runs at instantiation), so the initial budget is zero.
+const INITIAL_FUEL: i64 = 0;
+/// Bulk memory operators cost one unit per this many bytes (2^4 = 16: about what a plain
+/// loop would cost per byte moved, so a fill is no cheaper than the loop it replaces per unit
+/// of time), table operators one unit per element.
+const MEMORY_BYTES_SHIFT: i64 = 4;
 
 /// The fuel middleware. One value serves many modules because the sandbox compiles one
 /// module at a time (its compile lock); the global indices are those of the module in flight.
 #[derive(Debug, Default)]
 pub struct FuelMetering {
-    globals: Mutex<Option<(u32, u32)>>,
+    globals: Mutex<Option<Globals>>,
+}
+
+/// The indices of the globals the middleware added to the module being compiled.
+#[derive(Debug, Clone, Copy)]
+struct Globals {
+    remaining: u32,
+    exhausted: u32,
+    /// Holds a bulk operator's length while it is charged.
+    scratch: u32,
 }
 
 impl ModuleMiddleware for FuelMetering {
@@ -31,15 +50,18 @@ impl ModuleMiddleware for FuelMetering {
         &self,
         _: LocalFunctionIndex,
     ) -> Box<dyn FunctionMiddleware<'a> + 'a> {
-        let (remaining, exhausted) = self
+        let globals = self
             .globals
             .lock()
             .ok()
             .and_then(|g| *g)
-            .unwrap_or((u32::MAX, u32::MAX));
+            .unwrap_or(Globals {
+                remaining: u32::MAX,
+                exhausted: u32::MAX,
+                scratch: u32::MAX,
+            });
         Box::new(FunctionFuel {
-            remaining,
-            exhausted,
+            globals,
             block_cost: 0,
         })
     }
@@ -49,7 +71,7 @@ impl ModuleMiddleware for FuelMetering {
             .globals
             .push(GlobalType::new(Type::I64, Mutability::Var));
         info.global_initializers
-            .push(GlobalInit::I64Const(START_FUEL as i64));
+            .push(GlobalInit::I64Const(INITIAL_FUEL));
         info.exports
             .insert(REMAINING.to_string(), ExportIndex::Global(remaining));
         let exhausted = info
@@ -58,20 +80,47 @@ impl ModuleMiddleware for FuelMetering {
         info.global_initializers.push(GlobalInit::I32Const(0));
         info.exports
             .insert(EXHAUSTED.to_string(), ExportIndex::Global(exhausted));
+        let scratch = info
+            .globals
+            .push(GlobalType::new(Type::I32, Mutability::Var));
+        info.global_initializers.push(GlobalInit::I32Const(0));
+        // The start function would run inside instantiation, before the request's fuel is
+        // set and its deadline armed; the sandbox calls it through this export instead.
+        if let Some(start) = info.start_function.take() {
+            info.exports
+                .insert(START_EXPORT.to_string(), ExportIndex::Function(start));
+        }
         let mut globals = self
             .globals
             .lock()
             .map_err(|_| MiddlewareError::new("fuel", "metering state poisoned"))?;
-        *globals = Some((remaining.as_u32(), exhausted.as_u32()));
+        *globals = Some(Globals {
+            remaining: remaining.as_u32(),
+            exhausted: exhausted.as_u32(),
+            scratch: scratch.as_u32(),
+        });
         Ok(())
     }
 }
 
 #[derive(Debug)]
 struct FunctionFuel {
-    remaining: u32,
-    exhausted: u32,
+    globals: Globals,
     block_cost: u64,
+}
+
+/// For a bulk operator, how its length (the i32 on top of the stack) converts to fuel: the
+/// right shift applied to it.
+fn bulk_shift(op: &Operator) -> Option<i64> {
+    match op {
+        Operator::MemoryFill { .. } | Operator::MemoryCopy { .. } | Operator::MemoryInit { .. } => {
+            Some(MEMORY_BYTES_SHIFT)
+        }
+        Operator::TableFill { .. } | Operator::TableCopy { .. } | Operator::TableInit { .. } => {
+            Some(0)
+        }
+        _ => None,
+    }
 }
 
 /// Operators that end a basic block (a branch leaves it, or another branch can land after it).
@@ -112,37 +161,70 @@ impl<'a> FunctionMiddleware<'a> for FunctionFuel {
     ) -> Result<(), MiddlewareError> {
         // Charge the operator before the check so a call cannot run ahead of its own cost.
         self.block_cost += 1;
+        let g = self.globals;
         if ends_block(&op) {
             let cost = self.block_cost as i64;
+            charge(state, g, &[Operator::I64Const { value: cost }]);
+            self.block_cost = 0;
+        }
+        if let Some(shift) = bulk_shift(&op) {
+            // The length is the operand on top of the stack: keep a copy in the scratch global
+            // and charge it before the operator runs.
             state.extend([
-                Operator::GlobalGet {
-                    global_index: self.remaining,
-                },
-                Operator::I64Const { value: cost },
-                Operator::I64LtU,
-                Operator::If {
-                    blockty: BlockType::Empty,
-                },
-                Operator::I32Const { value: 1 },
                 Operator::GlobalSet {
-                    global_index: self.exhausted,
+                    global_index: g.scratch,
                 },
-                Operator::Unreachable,
-                Operator::End,
                 Operator::GlobalGet {
-                    global_index: self.remaining,
-                },
-                Operator::I64Const { value: cost },
-                Operator::I64Sub,
-                Operator::GlobalSet {
-                    global_index: self.remaining,
+                    global_index: g.scratch,
                 },
             ]);
-            self.block_cost = 0;
+            charge(
+                state,
+                g,
+                &[
+                    Operator::GlobalGet {
+                        global_index: g.scratch,
+                    },
+                    Operator::I64ExtendI32U,
+                    Operator::I64Const { value: shift },
+                    Operator::I64ShrU,
+                ],
+            );
         }
         state.push_operator(op);
         Ok(())
     }
+}
+
+/// Emit: if remaining < cost { exhausted = 1; unreachable } remaining -= cost, where `cost` is
+/// the operators that push the (i64) cost.
+fn charge<'a>(state: &mut MiddlewareReaderState<'a>, g: Globals, cost: &[Operator<'a>]) {
+    state.push_operator(Operator::GlobalGet {
+        global_index: g.remaining,
+    });
+    state.extend(cost.iter().cloned());
+    state.extend([
+        Operator::I64LtU,
+        Operator::If {
+            blockty: BlockType::Empty,
+        },
+        Operator::I32Const { value: 1 },
+        Operator::GlobalSet {
+            global_index: g.exhausted,
+        },
+        Operator::Unreachable,
+        Operator::End,
+        Operator::GlobalGet {
+            global_index: g.remaining,
+        },
+    ]);
+    state.extend(cost.iter().cloned());
+    state.extend([
+        Operator::I64Sub,
+        Operator::GlobalSet {
+            global_index: g.remaining,
+        },
+    ]);
 }
 
 /// Give the instance a fresh budget.

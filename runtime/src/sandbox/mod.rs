@@ -1,6 +1,7 @@
 //! The sandbox every request goes through: admission-checked modules compiled once (cached on
 //! disk), a fresh instance per request under a tenant's envelope (memory, fuel, wall time,
-//! response size), CGI in and out, on a worker pool off the async threads.
+//! response size), CGI in and out, on guest threads off the async threads, scheduled fairly
+//! between tenants (`scheduler`).
 //! It knows nothing of HTTP listeners, routes or tenants' names; callers hand it a request
 //! and an envelope and get a response stream and an outcome back.
 
@@ -10,10 +11,10 @@ pub mod check;
 pub mod io;
 pub mod memory;
 pub mod metering;
+pub mod scheduler;
 pub mod wasi;
 mod wasix;
 mod watchdog;
-mod workers;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,7 @@ use cgi::{CgiRequest, EnvBlock};
 use check::{check_module, CheckError};
 pub use check::{HostChoice, HostKind};
 use io::{GuestInput, GuestOutput, HostStop, Started, StderrBuf};
-use memory::{CappedTunables, MemoryPool};
+use memory::{BudgetScope, CappedTunables, InstanceBudget, MemoryPool};
 use metering::FuelMetering;
 use wasi::{Constructor, HostState};
 
@@ -65,8 +66,11 @@ pub struct SandboxConfig {
     pub max_module_bytes: usize,
     /// A compile running longer than this is aborted.
     pub compile_timeout: Duration,
-    /// Threads that run guests.
+    /// CPU slots each tenant may use at once: guests of one tenant running Wasm (not waiting
+    /// in a host call) at the same time. Defaults to the number of cores.
     pub workers: usize,
+    /// Threads guests may occupy at once, running or waiting in host calls, over all tenants.
+    pub max_threads: usize,
 }
 
 impl SandboxConfig {
@@ -77,6 +81,7 @@ impl SandboxConfig {
             max_module_bytes: 64 << 20,
             compile_timeout: Duration::from_secs(60),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_threads: 1024,
         }
     }
 }
@@ -109,10 +114,19 @@ impl Default for Limits {
     }
 }
 
-/// An engine handle carrying one tenant's memory cap, plus the tenant's other limits.
+/// An engine handle carrying one tenant's memory cap, the tenant's other limits, and its CPU
+/// lane (its share of the node's cores and its queue).
 pub struct Envelope {
     engine: Engine,
     pub limits: Limits,
+    lane: Arc<scheduler::Lane>,
+}
+
+impl Envelope {
+    /// Requests of this tenant waiting for a CPU slot now.
+    pub fn queued(&self) -> usize {
+        self.lane.waiting()
+    }
 }
 
 /// Whether a load compiled the module or found it in the artifact cache.
@@ -184,15 +198,34 @@ pub struct Outcome {
     pub memory_peak: u64,
     pub instantiate: Duration,
     pub total: Duration,
+    /// Time spent waiting for a CPU slot before the guest started.
+    pub queued: Duration,
     pub stderr: StderrBuf,
+}
+
+impl Outcome {
+    /// A request that never ran.
+    fn refused(failure: Failure, queued: Duration) -> Self {
+        Self {
+            status: failure.status(),
+            failure: Some(failure),
+            exit_code: None,
+            fuel_used: 0,
+            memory_peak: 0,
+            instantiate: Duration::ZERO,
+            total: Duration::ZERO,
+            queued,
+            stderr: StderrBuf::new(0),
+        }
+    }
 }
 
 pub struct Sandbox {
     engine: Engine,
-    pool: Arc<MemoryPool>,
+    memories: Arc<MemoryPool>,
     cache: ArtifactCache,
     compile_lock: Mutex<()>,
-    workers: workers::Workers,
+    pool: scheduler::Pool,
     watchdog: watchdog::Watchdog,
     wasix: wasix::WasixHost,
     config: SandboxConfig,
@@ -249,18 +282,18 @@ fn block_of(items: impl IntoIterator<Item = String>) -> EnvBlock {
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> std::io::Result<Arc<Self>> {
-        let workers = workers::Workers::start(config.workers)?;
-        let pool = MemoryPool::new(workers.size() * 2);
+        let workers = config.workers.max(1);
+        let pool = MemoryPool::new(workers * 2);
         let mut engine = base_engine(config.compiler);
         engine.set_tunables(CappedTunables::new(4 << 30, pool.clone()));
         let fingerprint = engine_fingerprint(&engine, config.compiler);
         let cache = ArtifactCache::open(&config.data_dir, fingerprint)?;
         Ok(Arc::new(Self {
             engine,
-            pool,
+            memories: pool,
             cache,
             compile_lock: Mutex::new(()),
-            workers,
+            pool: scheduler::Pool::new(workers, config.max_threads),
             watchdog: watchdog::Watchdog::start()?,
             wasix: wasix::WasixHost::default(),
             config,
@@ -278,8 +311,15 @@ impl Sandbox {
     /// An envelope for these limits: an engine handle whose memories are capped.
     pub fn envelope(&self, limits: Limits) -> Envelope {
         let mut engine = self.engine.clone();
-        engine.set_tunables(CappedTunables::new(limits.memory, self.pool.clone()));
-        Envelope { engine, limits }
+        engine.set_tunables(CappedTunables::new(limits.memory, self.memories.clone()));
+        // A request that waited for a CPU slot as long as it may run is refused (503) rather
+        // than started late.
+        let lane = scheduler::Lane::new(self.config.workers, limits.timeout);
+        Envelope {
+            engine,
+            limits,
+            lane,
+        }
     }
 
     /// Check, then compile or load from the artifact cache, on the host the module needs.
@@ -393,9 +433,10 @@ impl Sandbox {
         Ok(module)
     }
 
-    /// Run one request on a worker. The receiver yields the response start (or the failure
-    /// that replaces it); `on_done` runs on the worker once the guest is gone, with what
-    /// happened (its log line and metrics belong there, off the async threads).
+    /// Run one request on a guest thread, under a CPU slot of its tenant's lane. The receiver
+    /// yields the response start (or the failure that replaces it); `on_done` runs on the
+    /// guest thread once the guest is gone, with what happened (its log line and metrics
+    /// belong there, off the async threads).
     pub fn dispatch(
         self: &Arc<Self>,
         app: Arc<App>,
@@ -404,19 +445,34 @@ impl Sandbox {
         handle: Handle,
         on_done: impl FnOnce(Outcome) + Send + 'static,
     ) -> oneshot::Receiver<Result<Started, Failure>> {
-        let (output, start_rx) = GuestOutput::new(envelope.limits.response_body);
+        let (mut output, start_rx) = GuestOutput::new(envelope.limits.response_body);
         let sandbox = self.clone();
-        let queued = Instant::now();
-        let submitted = self.workers.submit(move || {
-            on_done(sandbox.run_here(&app, &envelope, request, output, handle, queued));
-        });
-        if !submitted {
-            tracing::error!("worker pool is shut down");
-        }
+        let lane = envelope.lane.clone();
+        self.pool.submit(
+            &lane,
+            Box::new(move |start| {
+                let refused = match start {
+                    scheduler::Start::Run(queued) => {
+                        let mut outcome =
+                            sandbox.run_here(&app, &envelope, request, output, handle);
+                        outcome.queued = queued;
+                        return on_done(outcome);
+                    }
+                    scheduler::Start::Expired(queued) => (Failure::Limit(Limit::Queue), queued),
+                    scheduler::Start::NoThread => (
+                        Failure::Internal("no thread was free to run the request".into()),
+                        Duration::ZERO,
+                    ),
+                };
+                output.fail(refused.0.clone());
+                on_done(Outcome::refused(refused.0, refused.1));
+            }),
+        );
         start_rx
     }
 
-    /// Run one request on the calling thread (which must not be an async runtime thread).
+    /// Run one request on the calling thread (which must not be an async runtime thread). Its
+    /// deadline starts now.
     pub fn run_here(
         &self,
         app: &App,
@@ -424,10 +480,9 @@ impl Sandbox {
         request: Request,
         output: GuestOutput,
         handle: Handle,
-        queued: Instant,
     ) -> Outcome {
         let started = Instant::now();
-        let deadline = queued + envelope.limits.timeout;
+        let deadline = started + envelope.limits.timeout;
         let env = request.env;
         let run = Run {
             started,
@@ -451,6 +506,10 @@ impl Sandbox {
     ) -> Outcome {
         let limits = &run.envelope.limits;
         let mut store = Store::new(run.envelope.engine.clone());
+        // Armed before instantiation: everything the guest drives from here on is under the
+        // request's deadline.
+        let guard = self.watchdog.arm(run.deadline, store.interrupter());
+        let budget = InstanceBudget::new(limits.memory);
         let state = HostState::new(
             app.args.clone(),
             env,
@@ -469,7 +528,9 @@ impl Sandbox {
         memory::take_grow_denied();
         // Only this thread touches a lean guest's memory (host functions run here too).
         let accounting = memory::FaultAccounting::begin();
+        let charged = BudgetScope::enter(&budget);
         let instantiated = Instance::new_by_index(&mut store, &app.module, &externs);
+        drop(charged);
         drop(accounting);
         let instance = match instantiated {
             Ok(instance) => instance,
@@ -479,16 +540,14 @@ impl Sandbox {
                 return run.failed_early(failure);
             }
         };
-        let memory = instance.exports.get_memory("memory").ok().cloned();
-        func_env.as_mut(&mut store).memory = memory.clone();
-        let ran = self.call_start(&mut store, &instance, &run);
-        let memory_peak = memory.as_ref().map_or(0, |m| m.view(&store).data_size());
+        func_env.as_mut(&mut store).memory = guest_memory(&instance);
+        let ran = self.call_start(&mut store, &instance, &run, guard);
         let state = func_env.as_mut(&mut store);
         let failure = settle(&mut state.output, ran.failure.clone(), &run);
         let status = state.output.status();
         let stderr = std::mem::take(&mut state.stderr);
         drop(store);
-        run.outcome(failure, status, &ran, memory_peak, stderr)
+        run.outcome(failure, status, &ran, budget.used(), stderr)
     }
 
     fn run_wasix(
@@ -521,8 +580,13 @@ impl Sandbox {
             ),
         );
         let mut store = Store::new(run.envelope.engine.clone());
+        let guard = self.watchdog.arm(run.deadline, store.interrupter());
+        let budget = InstanceBudget::new(limits.memory);
         memory::take_grow_denied();
+        let _sleeps_end_by = wasix::DeadlineScope::enter(run.deadline);
+        let charged = BudgetScope::enter(&budget);
         let instantiated = prepared.builder.instantiate(app.module.clone(), &mut store);
+        drop(charged);
         let (instance, wasi_env) = match instantiated {
             Ok(pair) => pair,
             Err(e) => {
@@ -533,12 +597,18 @@ impl Sandbox {
                 return run.failed_early(failure);
             }
         };
-        let ran = self.call_start(&mut store, &instance, &run);
+        // wasix's blocking calls (futex waits, polls) are host waits the interrupt cannot end:
+        // at the deadline the process is also killed, which wakes them.
+        let process = wasi_env.data(&store).process.clone();
+        let kill: watchdog::OnFire = Arc::new(move || {
+            process.signal_process(wasmer_wasix::wasmer_wasix_types::wasi::Signal::Sigkill)
+        });
+        let _killer = self
+            .watchdog
+            .arm_with(run.deadline, store.interrupter(), Some(kill));
+        let ran = self.call_start(&mut store, &instance, &run, guard);
         wasi_env.on_exit(&mut store, None);
-        let memory_peak = instance
-            .exports
-            .get_memory("memory")
-            .map_or(0, |m| m.view(&store).data_size());
+        let memory_peak = budget.used();
         drop(store);
         let Ok(mut stdio) = prepared.stdio.lock() else {
             return run.failed_early(Failure::Internal("stdio lock poisoned".into()));
@@ -551,16 +621,27 @@ impl Sandbox {
         run.outcome(failure, status, &ran, memory_peak, stderr)
     }
 
-    /// Give the instance its fuel, run `_start` under the watchdog, and say what happened.
-    fn call_start(&self, store: &mut Store, instance: &Instance, run: &Run<'_>) -> Ran {
+    /// Give the instance its fuel, run the module's start function (if any) and `_start` under
+    /// the watchdog armed before instantiation, and say what happened.
+    fn call_start(
+        &self,
+        store: &mut Store,
+        instance: &Instance,
+        run: &Run<'_>,
+        guard: watchdog::Guard,
+    ) -> Ran {
         let fuel = run.envelope.limits.fuel;
         metering::set_fuel(store, instance, fuel);
         let instantiate = run.started.elapsed();
-        let guard = self.watchdog.arm(run.deadline, store.interrupter());
-        let result = match instance.exports.get_function("_start") {
+        let exports = &instance.exports;
+        let result = match exports.get_function(metering::START_EXPORT) {
+            Ok(start) => start.call(store, &[]).map(|_| ()),
+            Err(_) => Ok(()),
+        }
+        .and_then(|()| match exports.get_function("_start") {
             Ok(start) => start.call(store, &[]).map(|_| ()),
             Err(e) => Err(RuntimeError::new(e.to_string())),
-        };
+        });
         let timed_out = guard.fired();
         drop(guard);
         let grow_denied = memory::take_grow_denied();
@@ -574,6 +655,8 @@ impl Sandbox {
                     None
                 }
                 Some(HostStop::Fail(f)) => Some(f.clone()),
+                // Whatever a guest stopped by its deadline reports (wasix reports an exit).
+                None if timed_out => Some(Failure::Limit(Limit::Time)),
                 None => match wasix::exit_code(&e) {
                     Some(code) => {
                         exit_code = Some(code);
@@ -592,13 +675,13 @@ impl Sandbox {
     }
 
     pub fn idle_memories(&self) -> usize {
-        self.pool.idle()
+        self.memories.idle()
     }
 
     /// Memory scrubs so far that scanned for resident pages (the others cleared the pages a
     /// scan had found, the guest having faulted in no new one).
     pub fn memory_scans(&self) -> u64 {
-        self.pool.scans()
+        self.memories.scans()
     }
 }
 
@@ -628,6 +711,7 @@ impl Run<'_> {
             memory_peak: 0,
             instantiate: self.started.elapsed(),
             total: self.started.elapsed(),
+            queued: Duration::ZERO,
             stderr: StderrBuf::new(0),
         }
     }
@@ -651,9 +735,25 @@ impl Run<'_> {
             memory_peak,
             instantiate: ran.instantiate,
             total: self.started.elapsed(),
+            queued: Duration::ZERO,
             stderr,
         }
     }
+}
+
+/// The guest's linear memory, which host calls read and write: its export `memory`, else the
+/// one memory it exports under another name (the module check allows one memory).
+fn guest_memory(instance: &Instance) -> Option<wasmer::Memory> {
+    if let Ok(memory) = instance.exports.get_memory("memory") {
+        return Some(memory.clone());
+    }
+    instance
+        .exports
+        .iter()
+        .find_map(|(_, export)| match export {
+            Extern::Memory(memory) => Some(memory.clone()),
+            _ => None,
+        })
 }
 
 /// Complete the response, or replace it with the failure.

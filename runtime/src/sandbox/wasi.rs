@@ -12,6 +12,7 @@ use wasmer::{Function, FunctionEnv, FunctionEnvMut, Memory, MemoryView, Store};
 
 use super::cgi::EnvBlock;
 use super::io::{GuestInput, GuestOutput, HostStop, StderrBuf};
+use super::scheduler;
 use crate::error::{Failure, Limit};
 
 // WASI errno values.
@@ -269,6 +270,32 @@ fn clock_time_get(mut env: Env, id: i32, _precision: i64, out: i32) -> Result<i3
     }))
 }
 
+/// Host calls copy guest data through a scratch buffer of at most this many bytes.
+const COPY_CHUNK: usize = 64 * 1024;
+/// A host call looping over guest-supplied entries (iovecs, subscriptions) checks the
+/// request's deadline once per this many entries.
+const ENTRIES_PER_DEADLINE_CHECK: u32 = 1024;
+
+/// Stop a host call whose request is past its deadline.
+fn check_deadline(state: &HostState) -> Result<(), HostStop> {
+    if Instant::now() >= state.deadline {
+        return Err(Failure::Limit(Limit::Time).into());
+    }
+    Ok(())
+}
+
+/// Whether `[ptr, ptr + len)` lies inside the guest's memory: checked before any work, so a
+/// bad pointer costs the host nothing.
+fn in_bounds(view: &MemoryView, ptr: u64, len: u64) -> bool {
+    ptr.checked_add(len)
+        .is_some_and(|end| end <= view.data_size())
+}
+
+/// An array of `count` entries of `size` bytes at `ptr`, in bounds.
+fn array_in_bounds(view: &MemoryView, ptr: i32, count: i32, size: u64) -> bool {
+    in_bounds(view, ptr as u32 as u64, count as u32 as u64 * size)
+}
+
 fn fd_write(
     mut env: Env,
     fd: i32,
@@ -280,25 +307,56 @@ fn fd_write(
         if !(1..=2).contains(&fd) {
             return Ok(if fd == 0 { ENOTCAPABLE } else { EBADF });
         }
+        if !array_in_bounds(&view, iovs, iovs_len, 8) {
+            return Ok(EFAULT);
+        }
         let mut total: u32 = 0;
         for i in 0..iovs_len as u32 {
+            if i % ENTRIES_PER_DEADLINE_CHECK == 0 {
+                check_deadline(state)?;
+            }
             let at = iovs as u32 as u64 + 8 * u64::from(i);
             let (ptr, len) = match (read_u32(&view, at), read_u32(&view, at + 4)) {
-                (Ok(p), Ok(l)) => (p, l),
+                (Ok(p), Ok(l)) => (u64::from(p), u64::from(l)),
                 _ => return Ok(EFAULT),
             };
-            state.scratch.resize(len as usize, 0);
-            if view.read(u64::from(ptr), &mut state.scratch).is_err() {
+            if !in_bounds(&view, ptr, len) {
                 return Ok(EFAULT);
             }
-            if fd == 1 {
-                state
-                    .output
-                    .write(&state.scratch, &state.handle, state.deadline)?;
+            // Copy only what will be kept: stderr up to its cap, stdout while the response is
+            // open (it enforces the head and body caps as bytes arrive).
+            let keep = if fd == 1 {
+                if state.output.discards() {
+                    0
+                } else {
+                    len
+                }
             } else {
-                state.stderr.write(&state.scratch);
+                len.min(state.stderr.room() as u64)
+            };
+            let mut done = 0;
+            while done < keep {
+                let n = (keep - done).min(COPY_CHUNK as u64) as usize;
+                state.scratch.resize(n, 0);
+                if view.read(ptr + done, &mut state.scratch).is_err() {
+                    return Ok(EFAULT);
+                }
+                if fd == 1 {
+                    state
+                        .output
+                        .write(&state.scratch, &state.handle, state.deadline)?;
+                } else {
+                    state.stderr.write(&state.scratch);
+                }
+                done += n as u64;
+                if done < keep {
+                    check_deadline(state)?;
+                }
             }
-            total = total.saturating_add(len);
+            if fd == 2 && keep < len {
+                state.stderr.truncated = true;
+            }
+            total = total.saturating_add(len as u32);
         }
         Ok(errno(write_u32(&view, nwritten as u32 as u64, total)))
     })
@@ -309,8 +367,14 @@ fn fd_read(mut env: Env, fd: i32, iovs: i32, iovs_len: i32, nread: i32) -> Resul
         if fd != 0 {
             return Ok(if fd < 3 { ENOTCAPABLE } else { EBADF });
         }
+        if !array_in_bounds(&view, iovs, iovs_len, 8) {
+            return Ok(EFAULT);
+        }
         let mut total: u32 = 0;
         for i in 0..iovs_len as u32 {
+            if i % ENTRIES_PER_DEADLINE_CHECK == 0 {
+                check_deadline(state)?;
+            }
             let at = iovs as u32 as u64 + 8 * u64::from(i);
             let (ptr, len) = match (read_u32(&view, at), read_u32(&view, at + 4)) {
                 (Ok(p), Ok(l)) => (p, l),
@@ -318,6 +382,9 @@ fn fd_read(mut env: Env, fd: i32, iovs: i32, iovs_len: i32, nread: i32) -> Resul
             };
             if len == 0 {
                 continue;
+            }
+            if !in_bounds(&view, u64::from(ptr), u64::from(len)) {
+                return Ok(EFAULT);
             }
             // Wait for input only while nothing was read yet in this call.
             if total > 0 && !state.input.ready() {
@@ -394,19 +461,22 @@ fn fd_prestat_dir_name(_env: Env, _fd: i32, _path: i32, _len: i32) -> Result<i32
 
 fn random_get(mut env: Env, buf: i32, len: i32) -> Result<i32, HostStop> {
     with_memory!(env, |state, view| {
-        let mut at = buf as u32 as u64;
-        let mut left = len as u32 as usize;
-        while left > 0 {
-            let n = left.min(64 * 1024);
+        let (at, len) = (buf as u32 as u64, len as u32 as u64);
+        if !in_bounds(&view, at, len) {
+            return Ok(EFAULT);
+        }
+        let mut done = 0;
+        while done < len {
+            check_deadline(state)?;
+            let n = (len - done).min(COPY_CHUNK as u64) as usize;
             state.scratch.resize(n, 0);
             if getrandom::fill(&mut state.scratch).is_err() {
                 return Ok(ENOSYS);
             }
-            if view.write(at, &state.scratch).is_err() {
+            if view.write(at + done, &state.scratch).is_err() {
                 return Ok(EFAULT);
             }
-            at += n as u64;
-            left -= n;
+            done += n as u64;
         }
         Ok(SUCCESS)
     })
@@ -423,7 +493,9 @@ fn proc_exit(_env: Env, code: i32) -> Result<(), HostStop> {
 const SUBSCRIPTION_BYTES: u64 = 48;
 const EVENT_BYTES: u64 = 32;
 
-/// Clock waits sleep (bounded by the deadline); stdio readiness is reported at once.
+/// Clock waits sleep (bounded by the deadline, without holding a CPU slot); stdio readiness is
+/// reported at once. Events are written straight into the guest's array as they are found:
+/// nothing on the host grows with the number of subscriptions.
 fn poll_oneoff(
     mut env: Env,
     subs: i32,
@@ -435,17 +507,25 @@ fn poll_oneoff(
         if nsubs <= 0 {
             return Ok(EINVAL);
         }
+        if !array_in_bounds(&view, subs, nsubs, SUBSCRIPTION_BYTES)
+            || !array_in_bounds(&view, events, nsubs, EVENT_BYTES)
+        {
+            return Ok(EFAULT);
+        }
         let (subs, events) = (subs as u32 as u64, events as u32 as u64);
         let now = Instant::now();
-        let mut ready: Vec<(u64, u8, u16)> = Vec::new();
+        let mut ready: u64 = 0;
         let mut earliest: Option<(Instant, u64)> = None;
-        for i in 0..nsubs as u64 {
-            let at = subs + i * SUBSCRIPTION_BYTES;
+        for i in 0..nsubs as u32 {
+            if i % ENTRIES_PER_DEADLINE_CHECK == 0 {
+                check_deadline(state)?;
+            }
+            let at = subs + u64::from(i) * SUBSCRIPTION_BYTES;
             let (userdata, tag) = match (read_u64(&view, at), read_u32(&view, at + 8)) {
                 (Ok(u), Ok(t)) => (u, t as u8),
                 _ => return Ok(EFAULT),
             };
-            match tag {
+            let err = match tag {
                 0 => {
                     let (id, timeout, flags) = match (
                         read_u32(&view, at + 16),
@@ -455,59 +535,68 @@ fn poll_oneoff(
                         (Ok(id), Ok(t), Ok(f)) => (id as i32, t, f as u16),
                         _ => return Ok(EFAULT),
                     };
-                    let Some(clock) = clock_now(id, state) else {
-                        ready.push((userdata, tag, EINVAL as u16));
-                        continue;
-                    };
-                    let wait_ns = if flags & 1 == 1 {
-                        timeout.saturating_sub(clock)
-                    } else {
-                        timeout
-                    };
-                    let wake = now
-                        .checked_add(Duration::from_nanos(wait_ns))
-                        .unwrap_or(state.deadline + Duration::from_secs(1));
-                    if earliest.is_none_or(|(w, _)| wake < w) {
-                        earliest = Some((wake, userdata));
+                    match clock_now(id, state) {
+                        None => EINVAL,
+                        Some(clock) => {
+                            let wait_ns = if flags & 1 == 1 {
+                                timeout.saturating_sub(clock)
+                            } else {
+                                timeout
+                            };
+                            let wake = now
+                                .checked_add(Duration::from_nanos(wait_ns))
+                                .unwrap_or(state.deadline + Duration::from_secs(1));
+                            if earliest.is_none_or(|(w, _)| wake < w) {
+                                earliest = Some((wake, userdata));
+                            }
+                            continue;
+                        }
                     }
                 }
                 1 | 2 => {
                     let fd = read_u32(&view, at + 16).unwrap_or(u32::MAX);
-                    let err = if fd <= 2 { SUCCESS } else { EBADF };
-                    ready.push((userdata, tag, err as u16));
+                    if fd <= 2 {
+                        SUCCESS
+                    } else {
+                        EBADF
+                    }
                 }
-                _ => ready.push((userdata, tag, EINVAL as u16)),
+                _ => EINVAL,
+            };
+            if write_event(&view, events + ready * EVENT_BYTES, userdata, tag, err).is_err() {
+                return Ok(EFAULT);
             }
+            ready += 1;
         }
-        if ready.is_empty() {
+        if ready == 0 {
             if let Some((wake, userdata)) = earliest {
                 state.output.flush(&state.handle, state.deadline)?;
                 let until = wake.min(state.deadline);
-                let left = until.saturating_duration_since(Instant::now());
-                if !left.is_zero() {
-                    std::thread::sleep(left);
-                }
-                if wake > state.deadline {
+                let slept = scheduler::blocking(state.deadline, || {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if !left.is_zero() {
+                        std::thread::sleep(left);
+                    }
+                });
+                if slept.is_err() || wake > state.deadline {
                     return Err(Failure::Limit(Limit::Time).into());
                 }
-                ready.push((userdata, 0, SUCCESS as u16));
+                if write_event(&view, events, userdata, 0, SUCCESS).is_err() {
+                    return Ok(EFAULT);
+                }
+                ready = 1;
             }
         }
-        for (i, (userdata, tag, err)) in ready.iter().enumerate() {
-            let mut event = [0u8; EVENT_BYTES as usize];
-            event[0..8].copy_from_slice(&userdata.to_le_bytes());
-            event[8..10].copy_from_slice(&err.to_le_bytes());
-            event[10] = *tag;
-            if view.write(events + i as u64 * EVENT_BYTES, &event).is_err() {
-                return Ok(EFAULT);
-            }
-        }
-        Ok(errno(write_u32(
-            &view,
-            nevents as u32 as u64,
-            ready.len() as u32,
-        )))
+        Ok(errno(write_u32(&view, nevents as u32 as u64, ready as u32)))
     })
+}
+
+fn write_event(view: &MemoryView, at: u64, userdata: u64, tag: u8, err: i32) -> Result<(), i32> {
+    let mut event = [0u8; EVENT_BYTES as usize];
+    event[0..8].copy_from_slice(&userdata.to_le_bytes());
+    event[8..10].copy_from_slice(&(err as u16).to_le_bytes());
+    event[10] = tag;
+    view.write(at, &event).map_err(mem_err)
 }
 
 /// The constructor for a WASI p1 function by name.

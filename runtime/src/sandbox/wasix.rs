@@ -14,12 +14,103 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 use tokio::runtime::Handle;
 use wasmer_wasix::runtime::task_manager::tokio::TokioTaskManager;
+use wasmer_wasix::runtime::task_manager::{TaskWasm, VirtualTaskManager};
 use wasmer_wasix::virtual_fs::{self, VirtualFile};
+use wasmer_wasix::WasiThreadError;
 use wasmer_wasix::{PluggableRuntime, UnsupportedVirtualNetworking, WasiEnv, WasiError};
 
 use super::cgi::EnvBlock;
 use super::io::{GuestInput, GuestOutput, HostStop, StderrBuf};
 use crate::error::Failure;
+
+thread_local! {
+    /// The deadline of the wasix request running on this thread: wasix's sleeps end by it.
+    static DEADLINE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// While alive, wasix sleeps on this thread end at `deadline` at the latest (the watchdog then
+/// stops the guest when it is back in Wasm).
+pub struct DeadlineScope(());
+
+impl DeadlineScope {
+    pub fn enter(deadline: Instant) -> Self {
+        DEADLINE.with(|d| d.set(Some(deadline)));
+        Self(())
+    }
+}
+
+impl Drop for DeadlineScope {
+    fn drop(&mut self) {
+        DEADLINE.with(|d| d.set(None));
+    }
+}
+
+/// wasix's task manager with outpost's envelope: a sleep never outlasts the request's
+/// deadline, and nothing runs Wasm on another thread (threads, which would escape the
+/// deadline, the fuel and the memory budget, are refused; the module check refuses their
+/// imports and shared memories first).
+#[derive(Debug)]
+struct EnvelopedTasks {
+    inner: TokioTaskManager,
+}
+
+impl VirtualTaskManager for EnvelopedTasks {
+    fn build_memory(
+        &self,
+        _store: &mut wasmer::StoreMut,
+        spawn_type: wasmer_wasix::runtime::SpawnType,
+    ) -> Result<Option<wasmer::Memory>, WasiThreadError> {
+        match spawn_type {
+            wasmer_wasix::runtime::SpawnType::CreateMemory => Ok(None),
+            _ => Err(WasiThreadError::Unsupported),
+        }
+    }
+
+    fn sleep_now(
+        &self,
+        time: std::time::Duration,
+    ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync + 'static>> {
+        let capped = match DEADLINE.with(|d| d.get()) {
+            Some(deadline) => time.min(deadline.saturating_duration_since(Instant::now())),
+            None => time,
+        };
+        self.inner.sleep_now(capped)
+    }
+
+    fn task_shared(
+        &self,
+        task: Box<
+            dyn FnOnce() -> Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>
+                + Send
+                + 'static,
+        >,
+    ) -> Result<(), WasiThreadError> {
+        self.inner.task_shared(task)
+    }
+
+    fn task_wasm(&self, _task: TaskWasm) -> Result<(), WasiThreadError> {
+        Err(WasiThreadError::Unsupported)
+    }
+
+    fn task_dedicated(
+        &self,
+        task: Box<dyn FnOnce() + Send + 'static>,
+    ) -> Result<(), WasiThreadError> {
+        self.inner.task_dedicated(task)
+    }
+
+    fn thread_parallelism(&self) -> Result<usize, WasiThreadError> {
+        Ok(1)
+    }
+
+    fn spawn_with_module(
+        &self,
+        _module: wasmer::Module,
+        _task: Box<dyn FnOnce(wasmer::Module) + Send + 'static>,
+    ) -> Result<(), WasiThreadError> {
+        Err(WasiThreadError::Unsupported)
+    }
+}
 
 /// One wasix runtime (task manager, no networking) shared by every wasix request.
 #[derive(Default)]
@@ -31,7 +122,9 @@ impl WasixHost {
     fn runtime(&self, handle: &Handle) -> Arc<PluggableRuntime> {
         self.runtime
             .get_or_init(|| {
-                let tasks = TokioTaskManager::new(handle.clone());
+                let tasks = EnvelopedTasks {
+                    inner: TokioTaskManager::new(handle.clone()),
+                };
                 let mut runtime = PluggableRuntime::new(Arc::new(tasks));
                 runtime.set_networking_implementation(UnsupportedVirtualNetworking::default());
                 Arc::new(runtime)

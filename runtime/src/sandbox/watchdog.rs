@@ -11,8 +11,13 @@ use wasmer::Interrupter;
 
 const RETRY: Duration = Duration::from_millis(5);
 
+/// Something else to do when a deadline passes (for hosts whose waits the interrupt cannot
+/// end), called each time the interrupt is sent.
+pub type OnFire = Arc<dyn Fn() + Send + Sync>;
+
 struct Armed {
     interrupter: Interrupter,
+    also: Option<OnFire>,
     fired: Arc<AtomicBool>,
 }
 
@@ -65,6 +70,16 @@ impl Watchdog {
     }
 
     pub fn arm(&self, deadline: Instant, interrupter: Interrupter) -> Guard {
+        self.arm_with(deadline, interrupter, None)
+    }
+
+    /// `arm`, and call `also` each time the interrupt is sent.
+    pub fn arm_with(
+        &self,
+        deadline: Instant,
+        interrupter: Interrupter,
+        also: Option<OnFire>,
+    ) -> Guard {
         let fired = Arc::new(AtomicBool::new(false));
         let (lock, wake) = &*self.shared;
         let mut id = 0;
@@ -78,6 +93,7 @@ impl Watchdog {
                 (deadline, id),
                 Armed {
                     interrupter,
+                    also,
                     fired: fired.clone(),
                 },
             );
@@ -104,6 +120,9 @@ fn run(shared: &(Mutex<Timers>, Condvar)) {
                 if let Some(armed) = timers.armed.remove(&key) {
                     armed.fired.store(true, Ordering::SeqCst);
                     armed.interrupter.interrupt();
+                    if let Some(also) = &armed.also {
+                        also();
+                    }
                     timers.armed.insert((now + RETRY, key.1), armed);
                 }
             }

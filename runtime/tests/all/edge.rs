@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// A test CA and leaf certificates (CA:FALSE) for the tenants and the node.
-struct Pki {
-    ca: PathBuf,
+pub(crate) struct Pki {
+    pub(crate) ca: PathBuf,
 }
 
 fn issue(dir: &Path, name: &str, sans: &[&str], issuer: &rcgen::Issuer<'_, rcgen::KeyPair>) {
@@ -28,7 +28,7 @@ fn issue(dir: &Path, name: &str, sans: &[&str], issuer: &rcgen::Issuer<'_, rcgen
     std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write key");
 }
 
-fn make_pki(dir: &Path) -> Pki {
+pub(crate) fn make_pki(dir: &Path) -> Pki {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca_params
@@ -620,8 +620,9 @@ fn sigterm_drains_open_requests_and_exits_zero() {
             // Refused: the listener had already closed (after SIGTERM), so it never reached us.
             7 => assert!(*started > term_at),
             other => panic!(
-                "a request failed with curl exit {other} (started {:?} after SIGTERM)",
-                started.checked_duration_since(term_at)
+                "a request failed with curl exit {other} (started {:?} after SIGTERM)\n{}",
+                started.checked_duration_since(term_at),
+                edge.node.log_text()
             ),
         }
     }

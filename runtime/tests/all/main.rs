@@ -1,8 +1,11 @@
 //! outpost's integration tests: one binary, one module per area.
 
+mod bundle;
 mod edge;
+mod hostile;
 mod hygiene;
 mod run;
 mod sandbox;
 mod serve;
+mod soak;
 mod support;

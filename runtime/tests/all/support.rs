@@ -16,6 +16,22 @@ pub fn repo_root() -> PathBuf {
     manifest_dir.parent().expect("workspace root").to_path_buf()
 }
 
+/// Held by the tests that load the node heavily or measure time (the soak, the hostile and the
+/// fairness tests): they run one at a time, so neither's load skews the other's figures.
+pub fn heavy_test() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The `outpost` binary under test: `OUTPOST_BIN` when set (a copy taken right after the
+/// build, since a target directory shared by several checkouts holds one `debug/outpost` that
+/// another checkout's build may replace mid-run), else the one Cargo built.
+pub fn outpost_bin() -> PathBuf {
+    std::env::var_os("OUTPOST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_outpost")))
+}
+
 /// Scratch space for one test, removed when dropped.
 pub struct TempDir(pub PathBuf);
 
@@ -169,7 +185,7 @@ pub struct Daemon {
 impl Daemon {
     /// `outpost run MODULE --listen 127.0.0.1:0 ARGS...`, waiting until it listens.
     pub fn run(module: &Path, data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        let mut cmd = Command::new(outpost_bin());
         cmd.arg("run")
             .arg(module)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
@@ -189,7 +205,7 @@ impl Daemon {
 
     /// `serve_with`, with extra environment variables.
     pub fn serve_env(config: &Path, listeners: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        let mut cmd = Command::new(outpost_bin());
         cmd.arg("serve").arg("--config").arg(config);
         for (k, v) in envs {
             cmd.env(k, v);
