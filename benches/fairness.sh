@@ -9,7 +9,12 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/outpost-target}"
 DURATION="${DURATION:-10}"
 command -v wrk >/dev/null && command -v wat2wasm >/dev/null \
   || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk wabt >/dev/null; }
-cargo build --release --quiet -p outpost --bins
+# OUTPOST_BIN runs a given binary (e.g. one built from another commit) instead of building.
+outpost="${OUTPOST_BIN:-}"
+if [ -z "$outpost" ]; then
+  cargo build --release --quiet -p outpost --bins
+  outpost="$CARGO_TARGET_DIR/release/outpost"
+fi
 work=$(mktemp -d /tmp/outpost-fair.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 cat > "$work/sleep.wat" <<'WAT'
@@ -75,7 +80,7 @@ host = "127.0.0.1"
 path = "/hello"
 app = "hello"
 TOML
-RUST_LOG=warn "$CARGO_TARGET_DIR/release/outpost" serve --config "$work/node.toml" 2>"$work/outpost.log" &
+RUST_LOG=warn "$outpost" serve --config "$work/node.toml" 2>"$work/outpost.log" &
 for _ in $(seq 200); do curl -sf http://127.0.0.1:18480/hello >/dev/null && break; sleep 0.1; done
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "outpost: $(git rev-parse --short HEAD 2>/dev/null || echo unknown), ${DURATION}s per row"
@@ -83,7 +88,7 @@ echo "outpost: $(git rev-parse --short HEAD 2>/dev/null || echo unknown), ${DURA
 saturate() {
   local path=$1 until=$((SECONDS + DURATION + 1))
   while [ $SECONDS -lt $until ]; do
-    curl -s --max-time 5 --parallel --parallel-max 32 $(for _ in $(seq 32); do echo "-o /dev/null http://127.0.0.1:18480$path"; done) || true
+    curl -s --max-time 5 --parallel --parallel-immediate --parallel-max 32 $(for _ in $(seq 32); do echo "-o /dev/null http://127.0.0.1:18480$path"; done) 2>/dev/null || true
   done
 }
 row() {
