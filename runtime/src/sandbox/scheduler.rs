@@ -268,11 +268,9 @@ impl Pool {
                     }
                 };
                 if let Some(q) = orphan {
-                    let next = q.lane.release();
+                    let lane = q.lane.clone();
                     (q.job)(Start::NoThread);
-                    if let Some(next) = next {
-                        (next.job)(Start::NoThread);
-                    }
+                    refuse_queued(&lane);
                 }
             }
         }
@@ -342,7 +340,10 @@ pub fn blocking<T>(deadline: Instant, wait: impl FnOnce() -> T) -> Result<T, T> 
         // The slot went to a queued job of this lane: it needs a thread of its own.
         POOL.with(|p| match p.borrow().as_ref() {
             Some(pool) => pool.hand_to_thread(next),
-            None => (next.job)(Start::NoThread),
+            None => {
+                (next.job)(Start::NoThread);
+                refuse_queued(&lane);
+            }
         });
     }
     let out = wait();
@@ -351,6 +352,14 @@ pub fn blocking<T>(deadline: Instant, wait: impl FnOnce() -> T) -> Result<T, T> 
         Ok(out)
     } else {
         Err(out)
+    }
+}
+
+/// Give a slot back when there is no thread to run what waits for it: each job that would take
+/// it is refused in turn (a resuming guest has its own thread and takes it).
+fn refuse_queued(lane: &Lane) {
+    while let Some(next) = lane.release() {
+        (next.job)(Start::NoThread);
     }
 }
 
