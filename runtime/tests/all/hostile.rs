@@ -44,11 +44,7 @@ const REFUSED: &[(&str, &str)] = &[
 fn config(dir: &TempDir) -> String {
     let mut apps = String::new();
     let mut add = |name: &str, tenant: &str, module: std::path::PathBuf| {
-        apps.push_str(&format!(
-            "\n[[app]]\nname = \"{app}\"\ntenant = \"{tenant}\"\nsource = \"file:{}\"\n\n[[route]]\nhost = \"localhost\"\npath = \"/{name}\"\napp = \"{app}\"\n",
-            module.display(),
-            app = name.replace('_', "-"),
-        ));
+        apps.push_str(&app_routed(name, tenant, "localhost", &module));
     };
     for (name, _, _) in RUNS {
         add(name, "hostile", wat_guest(name));

@@ -36,10 +36,11 @@ fn config(dir: &TempDir) -> String {
     let d = |name: &str| dir.path(name).display().to_string();
     let mut apps = String::new();
     for name in HOSTILE {
-        apps.push_str(&format!(
-            "\n[[app]]\nname = \"{app}\"\ntenant = \"hostile\"\nsource = \"file:{}\"\n\n[[route]]\nhost = \"hostile.test\"\npath = \"/{name}\"\napp = \"{app}\"\n",
-            wat_guest(name).display(),
-            app = name.replace('_', "-"),
+        apps.push_str(&app_routed(
+            name,
+            "hostile",
+            "hostile.test",
+            &wat_guest(name),
         ));
     }
     format!(

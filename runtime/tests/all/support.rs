@@ -32,6 +32,16 @@ pub fn outpost_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_outpost")))
 }
 
+/// An `[[app]]` from a module file and the `[[route]]` that serves it at `host` + `/PATH`, for
+/// test configurations. App names cannot hold `_`: it becomes `-`.
+pub fn app_routed(path: &str, tenant: &str, host: &str, module: &Path) -> String {
+    format!(
+        "\n[[app]]\nname = \"{app}\"\ntenant = \"{tenant}\"\nsource = \"file:{}\"\n\n[[route]]\nhost = \"{host}\"\npath = \"/{path}\"\napp = \"{app}\"\n",
+        module.display(),
+        app = path.replace('_', "-"),
+    )
+}
+
 /// Scratch space for one test, removed when dropped.
 pub struct TempDir(pub PathBuf);
 
