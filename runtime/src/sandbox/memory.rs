@@ -532,6 +532,12 @@ pub struct CappedTunables {
     vmconfig: VMConfig,
 }
 
+impl Clone for CappedTunables {
+    fn clone(&self) -> Self {
+        Self::new(self.max_bytes, self.pool.clone())
+    }
+}
+
 impl CappedTunables {
     pub fn new(max_bytes: u64, pool: Arc<MemoryPool>) -> Self {
         let pages = (max_bytes / WASM_PAGE_SIZE as u64).min(u64::from(Pages::max_value().0));

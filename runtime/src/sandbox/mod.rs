@@ -114,10 +114,10 @@ impl Default for Limits {
     }
 }
 
-/// An engine handle carrying one tenant's memory cap, the tenant's other limits, and its CPU
-/// lane (its share of the node's cores and its queue).
+/// One tenant's memory cap (the tunables each of its stores gets), its other limits, and its
+/// CPU lane (its share of the node's cores and its queue).
 pub struct Envelope {
-    engine: Engine,
+    tunables: CappedTunables,
     pub limits: Limits,
     lane: Arc<scheduler::Lane>,
 }
@@ -154,6 +154,8 @@ pub struct App {
     pub load_time: Duration,
     /// Which host runs it.
     pub host: HostKind,
+    /// The engine that loaded `module` (its code lives as long as the engine).
+    engine: Engine,
     module: Module,
     link: Vec<Constructor>,
     /// argv (the app's name, then its arguments), for the lean host.
@@ -164,6 +166,14 @@ pub struct App {
 }
 
 impl App {
+    /// The engine a request's store uses: this app's (whose signature registry its module's
+    /// code refers to), with the tenant's memory cap.
+    fn store_engine(&self, envelope: &Envelope) -> Engine {
+        let mut engine = self.engine.clone();
+        engine.set_tunables(envelope.tunables.clone());
+        engine
+    }
+
     /// The environment a request runs with: its CGI variables, then the app's own. Built where
     /// the request arrived, borrowing from it; the block is the one copy handed to a worker.
     pub fn request_env(&self, cgi: &CgiRequest<'_>) -> EnvBlock {
@@ -221,7 +231,6 @@ impl Outcome {
 }
 
 pub struct Sandbox {
-    engine: Engine,
     memories: Arc<MemoryPool>,
     cache: ArtifactCache,
     compile_lock: Mutex<()>,
@@ -284,12 +293,9 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> std::io::Result<Arc<Self>> {
         let workers = config.workers.max(1);
         let pool = MemoryPool::new(workers * 2);
-        let mut engine = base_engine(config.compiler);
-        engine.set_tunables(CappedTunables::new(4 << 30, pool.clone()));
-        let fingerprint = engine_fingerprint(&engine, config.compiler);
+        let fingerprint = engine_fingerprint(&base_engine(config.compiler), config.compiler);
         let cache = ArtifactCache::open(&config.data_dir, fingerprint)?;
         Ok(Arc::new(Self {
-            engine,
             memories: pool,
             cache,
             compile_lock: Mutex::new(()),
@@ -308,15 +314,14 @@ impl Sandbox {
         self.cache.fingerprint()
     }
 
-    /// An envelope for these limits: an engine handle whose memories are capped.
+    /// An envelope for these limits.
     pub fn envelope(&self, limits: Limits) -> Envelope {
-        let mut engine = self.engine.clone();
-        engine.set_tunables(CappedTunables::new(limits.memory, self.memories.clone()));
+        let tunables = CappedTunables::new(limits.memory, self.memories.clone());
         // A request that waited for a CPU slot as long as it may run is refused (503) rather
         // than started late.
         let lane = scheduler::Lane::new(self.config.workers, limits.timeout);
         Envelope {
-            engine,
+            tunables,
             limits,
             lane,
         }
@@ -360,9 +365,13 @@ impl Sandbox {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let digest = hex::encode(Sha256::digest(bytes));
-        let (module, source) = match self.load_cached(&digest) {
+        // Each app version gets an engine of its own: wasmer keeps every module's code for
+        // the life of the engine that loaded it, so a shared engine would hold the code of
+        // every version ever loaded. This one goes with the version's last request.
+        let engine = base_engine(self.config.compiler);
+        let (module, source) = match self.load_cached(&engine, &digest) {
             Some(module) => (module, LoadSource::Cache),
-            None => (self.compile(bytes, &digest)?, LoadSource::Compiled),
+            None => (self.compile(&engine, bytes, &digest)?, LoadSource::Compiled),
         };
         let mut app_env = EnvBlock::default();
         for (k, v) in env {
@@ -375,6 +384,7 @@ impl Sandbox {
             source,
             load_time: started.elapsed(),
             host: shape.host,
+            engine,
             module,
             link,
             args: Arc::new(block_of(argv)),
@@ -383,12 +393,12 @@ impl Sandbox {
         })
     }
 
-    fn load_cached(&self, digest: &str) -> Option<Module> {
+    fn load_cached(&self, engine: &Engine, digest: &str) -> Option<Module> {
         let artifact = self.cache.get(digest)?;
         // SAFETY: the bytes come from outpost's own artifact cache: written by `compile` below
         // for this exact module digest and engine fingerprint, and authenticated on read with
         // an HMAC under this node's private key, so they are an artifact this engine produced.
-        match unsafe { Module::deserialize(&self.engine, artifact) } {
+        match unsafe { Module::deserialize(engine, artifact) } {
             Ok(module) => Some(module),
             Err(e) => {
                 tracing::warn!(digest, error = %e, "cached artifact did not load; recompiling");
@@ -397,7 +407,7 @@ impl Sandbox {
         }
     }
 
-    fn compile(&self, bytes: &[u8], digest: &str) -> Result<Module, LoadError> {
+    fn compile(&self, engine: &Engine, bytes: &[u8], digest: &str) -> Result<Module, LoadError> {
         // One compile at a time: the fuel middleware is shared and it bounds CPU spent on it.
         let _one_at_a_time = self
             .compile_lock
@@ -412,8 +422,7 @@ impl Sandbox {
                 Ok(())
             }
         });
-        let module = self
-            .engine
+        let module = engine
             .new_module_with_progress(bytes, progress)
             .map_err(|e| {
                 if started.elapsed() > limit {
@@ -505,7 +514,7 @@ impl Sandbox {
         output: GuestOutput,
     ) -> Outcome {
         let limits = &run.envelope.limits;
-        let mut store = Store::new(run.envelope.engine.clone());
+        let mut store = Store::new(app.store_engine(run.envelope));
         // Armed before instantiation: everything the guest drives from here on is under the
         // request's deadline.
         let guard = self.watchdog.arm(run.deadline, store.interrupter());
@@ -579,7 +588,7 @@ impl Sandbox {
                 run.deadline,
             ),
         );
-        let mut store = Store::new(run.envelope.engine.clone());
+        let mut store = Store::new(app.store_engine(run.envelope));
         let guard = self.watchdog.arm(run.deadline, store.interrupter());
         let budget = InstanceBudget::new(limits.memory);
         memory::take_grow_denied();

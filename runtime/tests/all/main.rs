@@ -2,6 +2,7 @@
 
 mod bundle;
 mod edge;
+mod engine;
 mod hostile;
 mod hygiene;
 mod run;
