@@ -19,7 +19,8 @@ use crate::bundle::Rejection;
 
 /// Longest wait between attempts after failures (or the poll interval, if longer).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How often the cache is garbage-collected, and how old an unreferenced blob must be to go.
+/// How often the caches (bundle blobs, compiled artifacts) are garbage-collected, and how long
+/// an unreferenced blob or artifact is kept after its last use.
 const GC_EVERY: Duration = Duration::from_secs(600);
 const GC_GRACE: Duration = Duration::from_secs(3600);
 /// A whole sync of one app (resolve, pull, verify, compile) gives up after this long.
@@ -170,22 +171,35 @@ impl Syncer {
     }
 
     async fn collect_garbage(&self) {
-        let apps = self
-            .live
-            .state
-            .load()
+        let state = self.live.state.load();
+        let apps = state.slots.iter().map(|s| s.name.clone()).collect();
+        // Every version serving, bundled or not, keeps its compiled module.
+        let modules = state
             .slots
             .iter()
-            .map(|s| s.name.clone())
+            .filter_map(|s| s.target().map(|t| t.app.digest.clone()))
             .collect();
+        drop(state);
         let ctx = self.ctx.clone();
         let collected = tokio::task::spawn_blocking(move || {
-            crate::bundle::gc::collect(&ctx.cache, &apps, GC_GRACE, super::SIGNATURE_ANNOTATION)
+            let blobs = crate::bundle::gc::collect(
+                &ctx.cache,
+                &apps,
+                GC_GRACE,
+                super::SIGNATURE_ANNOTATION,
+            );
+            (blobs, ctx.sandbox.collect_artifacts(&modules, GC_GRACE))
         })
         .await;
-        if let Ok(c) = collected {
-            if c.blobs > 0 {
-                tracing::info!(blobs = c.blobs, bytes = c.bytes, "bundle cache collected");
+        if let Ok((blobs, (artifacts, artifact_bytes))) = collected {
+            if blobs.blobs > 0 || artifacts > 0 {
+                tracing::info!(
+                    blobs = blobs.blobs,
+                    blob_bytes = blobs.bytes,
+                    artifacts,
+                    artifact_bytes,
+                    "cache collected"
+                );
             }
         }
     }

@@ -250,6 +250,10 @@ impl ArtifactCache {
             let _ = fs::remove_file(&path);
             return None;
         }
+        // A hit counts as a use: collection keeps what was used recently.
+        if let Ok(file) = open_no_follow(&path) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
         let mut bytes = bytes;
         bytes.drain(..HEADER);
         Some(bytes)
@@ -267,6 +271,46 @@ impl ArtifactCache {
         let mut bytes = Vec::with_capacity(meta.len() as usize);
         file.take(MAX_ARTIFACT_BYTES).read_to_end(&mut bytes)?;
         Ok(bytes)
+    }
+
+    /// Remove what no current version needs: artifacts of modules outside `keep` (module
+    /// digests) that were neither written nor used within `grace`, artifacts of another engine
+    /// fingerprint (this binary can never load them) and temp files a killed writer left, both
+    /// once older than `grace`. Returns the files and bytes removed.
+    pub fn collect(
+        &self,
+        keep: &std::collections::HashSet<String>,
+        grace: std::time::Duration,
+    ) -> (usize, u64) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return (0, 0);
+        };
+        let now = std::time::SystemTime::now();
+        let suffix = format!("-{}.bin", self.fingerprint);
+        let (mut files, mut bytes) = (0, 0);
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|age| age >= grace);
+            let needed = name
+                .strip_suffix(&suffix)
+                .is_some_and(|digest| keep.contains(digest));
+            if meta.is_file() && old && !needed && fs::remove_file(entry.path()).is_ok() {
+                files += 1;
+                bytes += meta.len();
+            }
+        }
+        if files > 0 {
+            sync_dir(&self.dir);
+        }
+        (files, bytes)
     }
 
     pub fn put(&self, module_digest: &str, artifact: &[u8]) -> std::io::Result<()> {
@@ -319,6 +363,59 @@ mod tests {
             .expect("list")
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn collection_keeps_what_is_used_and_drops_the_rest() {
+        use std::collections::HashSet;
+        use std::time::{Duration, SystemTime};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = cache_in(dir.path(), "fp");
+        let artifacts = dir.path().join("artifacts");
+        for digest in ["live", "old", "recent", "used"] {
+            cache.put(digest, b"compiled").expect("put");
+        }
+        let other = artifacts.join("old-otherfp.bin");
+        let leftover = artifacts.join(".artifact-x.tmp");
+        for path in [&other, &leftover] {
+            fs::write(path, b"x").expect("write");
+        }
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        for name in [
+            "live-fp.bin",
+            "old-fp.bin",
+            "used-fp.bin",
+            "old-otherfp.bin",
+            ".artifact-x.tmp",
+        ] {
+            let file = fs::File::options()
+                .write(true)
+                .open(artifacts.join(name))
+                .expect("open");
+            file.set_modified(hour_ago).expect("age");
+        }
+        // A load from the cache is a use.
+        assert!(cache.get("used").is_some());
+        let keep = HashSet::from(["live".to_string()]);
+        let (files, _) = cache.collect(&keep, Duration::from_secs(600));
+        assert_eq!(
+            files, 3,
+            "the unused old artifact, the other engine's and the leftover"
+        );
+        let mut left: Vec<_> = fs::read_dir(&artifacts)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect();
+        left.sort();
+        assert_eq!(left, ["live-fp.bin", "recent-fp.bin", "used-fp.bin"]);
+        // Once no version runs it, the old artifact goes; recently used ones stay until
+        // their grace period is over.
+        assert_eq!(
+            cache.collect(&HashSet::new(), Duration::from_secs(600)).0,
+            1
+        );
+        assert!(!artifacts.join("live-fp.bin").exists());
+        assert_eq!(cache.collect(&HashSet::new(), Duration::ZERO).0, 2);
     }
 
     #[test]
