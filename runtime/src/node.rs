@@ -22,6 +22,7 @@ use crate::bundle::layout::Layout;
 use crate::http::handler::Target;
 use crate::http::router::Router;
 use crate::metrics::Metrics;
+use crate::sandbox::assets::Assets;
 use crate::sandbox::{App, Envelope, HostChoice, Limits, Sandbox};
 
 /// Assets layers larger than this are refused before they are fetched.
@@ -256,9 +257,18 @@ impl NodeContext {
     /// Compile a verified bundle for a slot (blocking).
     pub fn load_bundle(&self, slot: &AppSlot, v: &Verified) -> Result<App, String> {
         let (args, env) = slot.run_settings(Some(v));
-        self.sandbox
+        let app = self
+            .sandbox
             .load_with(&slot.name, &v.module, args, &env, slot.host_choice())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        match &v.assets {
+            None => Ok(app),
+            Some(tar) => {
+                let mount = v.config.assets_mount.as_deref().unwrap_or("/assets");
+                let assets = Assets::from_tar(mount, tar.clone())?;
+                app.with_assets(assets).map_err(|e| e.to_string())
+            }
+        }
     }
 
     /// Record that `slot` serves version `v`, so a restart serves it from the cache.

@@ -24,6 +24,8 @@ pub struct Verified {
     pub signature: String,
     pub config: BundleConfig,
     pub module: Vec<u8>,
+    /// The assets layer (a tar), when the bundle has one.
+    pub assets: Option<bytes::Bytes>,
 }
 
 /// Time spent in each step of a pull, for the swap's log line.
@@ -115,15 +117,22 @@ pub fn verify_cached(
         bundle.wasm.size,
         true,
     )?;
-    if let Some(assets) = &bundle.assets {
-        cache.read_blob(&assets.digest, Some(assets.size), assets.size, true)?;
-    }
+    let assets = match &bundle.assets {
+        Some(assets) => Some(bytes::Bytes::from(cache.read_blob(
+            &assets.digest,
+            Some(assets.size),
+            assets.size,
+            true,
+        )?)),
+        None => None,
+    };
     Ok(Verified {
         digest: digest.to_string(),
         manifest_size: manifest.len() as u64,
         signature: signature.to_string(),
         config,
         module,
+        assets,
     })
 }
 

@@ -208,13 +208,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn assets_tar(dir: &Path) -> anyhow::Result<Vec<u8>> {
+/// A directory as an assets tar, checked as a node will check it (regular files and
+/// directories only, within the tree's caps) so a push never carries assets a node refuses.
+pub(crate) fn assets_tar(dir: &Path, mount: &str) -> anyhow::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
     builder
         .append_dir_all(".", dir)
         .with_context(|| format!("cannot pack {}", dir.display()))?;
-    builder.into_inner().context("cannot finish the assets tar")
+    let tar = builder
+        .into_inner()
+        .context("cannot finish the assets tar")?;
+    crate::sandbox::assets::Assets::from_tar(mount, bytes::Bytes::from(tar.clone()))
+        .map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+    Ok(tar)
 }
 
 pub fn bundle(args: BundleArgs) -> anyhow::Result<()> {
@@ -267,7 +274,10 @@ fn push(
             .ok_or_else(|| anyhow!("--env {kv:?}: expected KEY=VALUE"))?;
         env_map.insert(k.to_string(), v.to_string());
     }
-    let tar = assets.as_deref().map(assets_tar).transpose()?;
+    let tar = assets
+        .as_deref()
+        .map(|dir| assets_tar(dir, &assets_mount))
+        .transpose()?;
     let config = BundleConfig {
         args,
         env: env_map,

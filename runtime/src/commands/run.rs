@@ -52,6 +52,12 @@ pub struct RunArgs {
     /// Host for the guest: auto (lean WASI p1 host unless the module needs WASIX), lean, or wasix.
     #[arg(long, default_value = "auto", value_parser = host)]
     pub host: HostChoice,
+    /// A directory shown to the guest read-only at --assets-mount, as a bundle's assets are.
+    #[arg(long)]
+    pub assets: Option<PathBuf>,
+    /// Where the guest sees --assets.
+    #[arg(long, default_value = "/assets")]
+    pub assets_mount: String,
     /// Arguments passed to the guest after its name.
     #[arg(last = true)]
     pub guest_args: Vec<String>,
@@ -115,6 +121,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let app = sandbox
         .load_with(&name, &bytes, args.guest_args.clone(), &args.env, args.host)
         .with_context(|| format!("cannot run {}", args.module.display()))?;
+    let app = match &args.assets {
+        None => app,
+        Some(dir) => {
+            let tar = super::bundle::assets_tar(dir, &args.assets_mount)?;
+            let assets = crate::sandbox::assets::Assets::from_tar(&args.assets_mount, tar.into())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            app.with_assets(assets)?
+        }
+    };
     let metrics = Arc::new(Metrics::new().context("metrics registry")?);
     metrics
         .module_loads

@@ -5,6 +5,7 @@
 //! It knows nothing of HTTP listeners, routes or tenants' names; callers hand it a request
 //! and an envelope and get a response stream and an outcome back.
 
+pub mod assets;
 pub mod cache;
 pub mod cgi;
 pub mod check;
@@ -163,6 +164,8 @@ pub struct App {
     /// The arguments after the name, for the wasix host.
     guest_args: Vec<String>,
     env: EnvBlock,
+    /// A bundle's static files, shown to the guest read-only.
+    assets: Option<Arc<assets::Assets>>,
 }
 
 impl App {
@@ -172,6 +175,18 @@ impl App {
         let mut engine = self.engine.clone();
         engine.set_tunables(envelope.tunables.clone());
         engine
+    }
+
+    /// Show `assets` to the guest, read-only at their mount. The lean host serves them; a
+    /// wasix module is refused (its filesystem is wasix's own).
+    pub fn with_assets(mut self, assets: assets::Assets) -> Result<Self, LoadError> {
+        if self.host == HostKind::Wasix {
+            return Err(LoadError::Assets(
+                "assets are served to WASI preview 1 guests (the lean host); this module imports wasix".into(),
+            ));
+        }
+        self.assets = Some(Arc::new(assets));
+        Ok(self)
     }
 
     /// The environment a request runs with: its CGI variables, then the app's own. Built where
@@ -189,6 +204,8 @@ pub enum LoadError {
     Compile(String),
     #[error("compiling took longer than the {0:?} compile time limit")]
     CompileTimeout(Duration),
+    #[error("{0}")]
+    Assets(String),
 }
 
 /// One request for a guest: its environment (`App::request_env`) and stdin.
@@ -314,6 +331,16 @@ impl Sandbox {
         self.cache.fingerprint()
     }
 
+    /// Remove compiled artifacts no module in `keep` (sha256 hex digests) needs and that were
+    /// not written or loaded within `grace`. Returns the files and bytes removed.
+    pub fn collect_artifacts(
+        &self,
+        keep: &std::collections::HashSet<String>,
+        grace: Duration,
+    ) -> (usize, u64) {
+        self.cache.collect(keep, grace)
+    }
+
     /// An envelope for these limits.
     pub fn envelope(&self, limits: Limits) -> Envelope {
         let tunables = CappedTunables::new(limits.memory, self.memories.clone());
@@ -390,6 +417,7 @@ impl Sandbox {
             args: Arc::new(block_of(argv)),
             guest_args: args,
             env: app_env,
+            assets: None,
         })
     }
 
@@ -519,7 +547,7 @@ impl Sandbox {
         // request's deadline.
         let guard = self.watchdog.arm(run.deadline, store.interrupter());
         let budget = InstanceBudget::new(limits.memory);
-        let state = HostState::new(
+        let mut state = HostState::new(
             app.args.clone(),
             env,
             input,
@@ -528,6 +556,7 @@ impl Sandbox {
             run.deadline,
             run.handle.clone(),
         );
+        state.fs = app.assets.clone().map(wasi::GuestFs::new);
         let func_env = FunctionEnv::new(&mut store, state);
         let externs: Vec<Extern> = app
             .link

@@ -1,7 +1,7 @@
 //! The lean WASI preview 1 host: every p1 function, implemented over in-memory stdio, args,
-//! environment, clocks and randomness. There is no filesystem (no preopens), no sockets and no
-//! process control; those calls return an errno. It must never touch the host's own files,
-//! environment or network.
+//! environment, clocks and randomness. The only filesystem is a bundle's assets, read-only
+//! (`fs`); without them there are no preopens. No sockets and no process control: those calls
+//! return an errno. It must never touch the host's own files, environment or network.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -101,6 +101,8 @@ pub struct HostState {
     pub deadline: Instant,
     pub started: Instant,
     pub handle: Handle,
+    /// The app's assets, when its bundle has them.
+    pub fs: Option<GuestFs>,
     scratch: Vec<u8>,
 }
 
@@ -125,6 +127,7 @@ impl HostState {
             deadline,
             started: Instant::now(),
             handle,
+            fs: None,
             scratch: Vec::new(),
         }
     }
@@ -296,6 +299,17 @@ fn array_in_bounds(view: &MemoryView, ptr: i32, count: i32, size: u64) -> bool {
     in_bounds(view, ptr as u32 as u64, count as u32 as u64 * size)
 }
 
+/// The `i`th entry of the iovec array at `iovs`: its pointer and length, in bounds.
+fn iovec(view: &MemoryView, iovs: i32, i: u32) -> Result<(u64, u64), i32> {
+    let at = iovs as u32 as u64 + 8 * u64::from(i);
+    let ptr = u64::from(read_u32(view, at)?);
+    let len = u64::from(read_u32(view, at + 4)?);
+    if !in_bounds(view, ptr, len) {
+        return Err(EFAULT);
+    }
+    Ok((ptr, len))
+}
+
 fn fd_write(
     mut env: Env,
     fd: i32,
@@ -315,14 +329,10 @@ fn fd_write(
             if i % ENTRIES_PER_DEADLINE_CHECK == 0 {
                 check_deadline(state)?;
             }
-            let at = iovs as u32 as u64 + 8 * u64::from(i);
-            let (ptr, len) = match (read_u32(&view, at), read_u32(&view, at + 4)) {
-                (Ok(p), Ok(l)) => (u64::from(p), u64::from(l)),
-                _ => return Ok(EFAULT),
+            let (ptr, len) = match iovec(&view, iovs, i) {
+                Ok(entry) => entry,
+                Err(e) => return Ok(e),
             };
-            if !in_bounds(&view, ptr, len) {
-                return Ok(EFAULT);
-            }
             // Copy only what will be kept: stderr up to its cap, stdout while the response is
             // open (it enforces the head and body caps as bytes arrive).
             let keep = if fd == 1 {
@@ -364,8 +374,11 @@ fn fd_write(
 
 fn fd_read(mut env: Env, fd: i32, iovs: i32, iovs_len: i32, nread: i32) -> Result<i32, HostStop> {
     with_memory!(env, |state, view| {
+        if fd > 2 {
+            return fs::read(state, &view, fd, iovs, iovs_len, None, nread);
+        }
         if fd != 0 {
-            return Ok(if fd < 3 { ENOTCAPABLE } else { EBADF });
+            return Ok(ENOTCAPABLE);
         }
         if !array_in_bounds(&view, iovs, iovs_len, 8) {
             return Ok(EFAULT);
@@ -375,16 +388,12 @@ fn fd_read(mut env: Env, fd: i32, iovs: i32, iovs_len: i32, nread: i32) -> Resul
             if i % ENTRIES_PER_DEADLINE_CHECK == 0 {
                 check_deadline(state)?;
             }
-            let at = iovs as u32 as u64 + 8 * u64::from(i);
-            let (ptr, len) = match (read_u32(&view, at), read_u32(&view, at + 4)) {
-                (Ok(p), Ok(l)) => (p, l),
-                _ => return Ok(EFAULT),
+            let (ptr, len) = match iovec(&view, iovs, i) {
+                Ok(entry) => entry,
+                Err(e) => return Ok(e),
             };
             if len == 0 {
                 continue;
-            }
-            if !in_bounds(&view, u64::from(ptr), u64::from(len)) {
-                return Ok(EFAULT);
             }
             // Wait for input only while nothing was read yet in this call.
             if total > 0 && !state.input.ready() {
@@ -400,7 +409,7 @@ fn fd_read(mut env: Env, fd: i32, iovs: i32, iovs_len: i32, nread: i32) -> Resul
             if chunk.is_empty() {
                 break;
             }
-            if view.write(u64::from(ptr), &chunk).is_err() {
+            if view.write(ptr, &chunk).is_err() {
                 return Ok(EFAULT);
             }
             total += chunk.len() as u32;
@@ -413,9 +422,9 @@ fn fd_read(mut env: Env, fd: i32, iovs: i32, iovs_len: i32, nread: i32) -> Resul
 }
 
 fn fd_fdstat_get(mut env: Env, fd: i32, out: i32) -> Result<i32, HostStop> {
-    with_memory!(env, |_state, view| {
+    with_memory!(env, |state, view| {
         if !(0..=2).contains(&fd) {
-            return Ok(EBADF);
+            return Ok(fs::fdstat(state, &view, fd, out));
         }
         // filetype unknown (a pipe-like stream: guests buffer fully), no flags,
         // rights: fd_read (bit 1) for stdin, fd_write (bit 6) for stdout/stderr.
@@ -426,20 +435,28 @@ fn fd_fdstat_get(mut env: Env, fd: i32, out: i32) -> Result<i32, HostStop> {
     })
 }
 
-fn fd_close(_env: Env, fd: i32) -> Result<i32, HostStop> {
+fn fd_close(mut env: Env, fd: i32) -> Result<i32, HostStop> {
     Ok(if (0..=2).contains(&fd) {
         SUCCESS
     } else {
-        EBADF
+        fs::close(env.data_mut(), fd)
     })
 }
 
-fn fd_seek(_env: Env, fd: i32, _offset: i64, _whence: i32, _out: i32) -> Result<i32, HostStop> {
-    Ok(if (0..=2).contains(&fd) { ESPIPE } else { EBADF })
+fn fd_seek(mut env: Env, fd: i32, offset: i64, whence: i32, out: i32) -> Result<i32, HostStop> {
+    if (0..=2).contains(&fd) {
+        return Ok(ESPIPE);
+    }
+    with_memory!(env, |state, view| Ok(fs::seek(
+        state, &view, fd, offset, whence, out
+    )))
 }
 
-fn fd_tell(_env: Env, fd: i32, _out: i32) -> Result<i32, HostStop> {
-    Ok(if (0..=2).contains(&fd) { ESPIPE } else { EBADF })
+fn fd_tell(mut env: Env, fd: i32, out: i32) -> Result<i32, HostStop> {
+    if (0..=2).contains(&fd) {
+        return Ok(ESPIPE);
+    }
+    with_memory!(env, |state, view| Ok(fs::tell(state, &view, fd, out)))
 }
 
 fn fd_sync(_env: Env, fd: i32) -> Result<i32, HostStop> {
@@ -448,15 +465,6 @@ fn fd_sync(_env: Env, fd: i32) -> Result<i32, HostStop> {
     } else {
         EBADF
     })
-}
-
-/// There are no preopened directories: the guest sees no filesystem at all.
-fn fd_prestat_get(_env: Env, _fd: i32, _out: i32) -> Result<i32, HostStop> {
-    Ok(EBADF)
-}
-
-fn fd_prestat_dir_name(_env: Env, _fd: i32, _path: i32, _len: i32) -> Result<i32, HostStop> {
-    Ok(EBADF)
 }
 
 fn random_get(mut env: Env, buf: i32, len: i32) -> Result<i32, HostStop> {
@@ -555,7 +563,7 @@ fn poll_oneoff(
                 }
                 1 | 2 => {
                     let fd = read_u32(&view, at + 16).unwrap_or(u32::MAX);
-                    if fd <= 2 {
+                    if fd <= 2 || state.fs.as_ref().is_some_and(|fs| fs.is_open(fd)) {
                         SUCCESS
                     } else {
                         EBADF
@@ -608,7 +616,7 @@ pub fn constructor(name: &str) -> Option<Constructor> {
             })
         };
     }
-    // Calls on files, directories and sockets: there are none.
+    // Calls that write files or directories, and sockets: there are none.
     macro_rules! errno_stub {
         ($errno:expr, $($arg:ty),*) => {
             typed!(|_: Env, $(_: $arg),*| -> i32 { $errno })
@@ -628,29 +636,29 @@ pub fn constructor(name: &str) -> Option<Constructor> {
         "fd_seek" => typed!(fd_seek),
         "fd_tell" => typed!(fd_tell),
         "fd_sync" | "fd_datasync" => typed!(fd_sync),
-        "fd_prestat_get" => typed!(fd_prestat_get),
-        "fd_prestat_dir_name" => typed!(fd_prestat_dir_name),
+        "fd_prestat_get" => typed!(fs::fd_prestat_get),
+        "fd_prestat_dir_name" => typed!(fs::fd_prestat_dir_name),
         "random_get" => typed!(random_get),
         "sched_yield" => typed!(sched_yield),
         "proc_exit" => typed!(proc_exit),
         "poll_oneoff" => typed!(poll_oneoff),
         "proc_raise" => errno_stub!(ENOSYS, i32),
-        "fd_advise" => errno_stub!(EBADF, i32, i64, i64, i32),
+        "fd_advise" => typed!(fs::fd_advise),
         "fd_allocate" => errno_stub!(EBADF, i32, i64, i64),
         "fd_fdstat_set_flags" => errno_stub!(ENOTSUP, i32, i32),
         "fd_fdstat_set_rights" => errno_stub!(ENOTSUP, i32, i64, i64),
-        "fd_filestat_get" => errno_stub!(EBADF, i32, i32),
+        "fd_filestat_get" => typed!(fs::fd_filestat_get),
         "fd_filestat_set_size" => errno_stub!(EBADF, i32, i64),
         "fd_filestat_set_times" => errno_stub!(EBADF, i32, i64, i64, i32),
-        "fd_pread" => errno_stub!(EBADF, i32, i32, i32, i64, i32),
+        "fd_pread" => typed!(fs::fd_pread),
         "fd_pwrite" => errno_stub!(EBADF, i32, i32, i32, i64, i32),
-        "fd_readdir" => errno_stub!(EBADF, i32, i32, i32, i64, i32),
+        "fd_readdir" => typed!(fs::fd_readdir),
         "fd_renumber" => errno_stub!(EBADF, i32, i32),
         "path_create_directory" => errno_stub!(EBADF, i32, i32, i32),
-        "path_filestat_get" => errno_stub!(EBADF, i32, i32, i32, i32, i32),
+        "path_filestat_get" => typed!(fs::path_filestat_get),
         "path_filestat_set_times" => errno_stub!(EBADF, i32, i32, i32, i32, i64, i64, i32),
         "path_link" => errno_stub!(EBADF, i32, i32, i32, i32, i32, i32, i32),
-        "path_open" => errno_stub!(EBADF, i32, i32, i32, i32, i32, i64, i64, i32, i32),
+        "path_open" => typed!(fs::path_open),
         "path_readlink" => errno_stub!(EBADF, i32, i32, i32, i32, i32, i32),
         "path_remove_directory" => errno_stub!(EBADF, i32, i32, i32),
         "path_rename" => errno_stub!(EBADF, i32, i32, i32, i32, i32, i32),
@@ -663,6 +671,10 @@ pub fn constructor(name: &str) -> Option<Constructor> {
         _ => None,
     }
 }
+
+// After the helpers and macros above, which it uses.
+mod fs;
+pub use fs::GuestFs;
 
 #[cfg(test)]
 mod tests {

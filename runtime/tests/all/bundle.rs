@@ -1206,3 +1206,120 @@ fn bundle_registry_dying_mid_pull_keeps_the_last_version() {
     assert_eq!(body_of(n), (200, "v2\n".to_string()));
     assert_cache_intact(&dir.path("node"));
 }
+
+#[test]
+fn bundle_assets_are_served_to_the_guest_read_only() {
+    let dir = TempDir::new("bundle-assets");
+    let (acme_key, acme_pub) = keygen(&dir, "acme");
+    let (_, evil_pub) = keygen(&dir, "evil");
+    let cfg = node_config(
+        &dir,
+        "node",
+        "local:site:live",
+        "127.0.0.1:1",
+        (&acme_pub, &evil_pub),
+        "",
+    );
+    let site = dir.path("site");
+    std::fs::create_dir_all(site.join("css")).expect("mkdir");
+    std::fs::write(site.join("index.html"), "<h1>from assets</h1>\n").expect("write");
+    std::fs::write(site.join("css/site.css"), "body{}\n").expect("write");
+    // Larger than the host's copy chunk, so a read spans several.
+    let big: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(site.join("big.bin"), &big).expect("write");
+    let module = std::fs::read(test_guest("assets")).expect("guest");
+    let file = dir.path("assets.wasm");
+    std::fs::write(&file, module).expect("write");
+    let bundles = dir.path("node").join("bundles");
+    let to = format!("local:{}:site:live", bundles.display());
+    ok_stdout(
+        outpost(&[
+            "bundle",
+            "push",
+            file.to_str().expect("utf-8"),
+            "--to",
+            &to,
+            "--key",
+            acme_key.to_str().expect("utf-8"),
+            "--assets",
+            site.to_str().expect("utf-8"),
+        ]),
+        "bundle push",
+    );
+    let node = start(&cfg);
+    let n = &node.daemon;
+    let get = |path: &str| {
+        let r = curl(&n.url(path), &["-H", "Host: localhost"]);
+        (r.status, r.body)
+    };
+    let until = Instant::now() + Duration::from_secs(60);
+    while get("/index.html").0 != 200 {
+        assert!(Instant::now() < until, "the bundle never served");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        get("/index.html"),
+        (200, b"<h1>from assets</h1>\n".to_vec())
+    );
+    assert_eq!(get("/css/site.css"), (200, b"body{}\n".to_vec()));
+    assert_eq!(get("/"), (200, b"big.bin\ncss/\nindex.html\n".to_vec()));
+    assert_eq!(get("/css/"), (200, b"site.css\n".to_vec()));
+    let (status, body) = get("/big.bin");
+    assert_eq!(status, 200);
+    assert!(
+        body == big,
+        "big.bin came back with {} bytes, not the file",
+        body.len()
+    );
+    let tail = String::from_utf8(get("/big.bin?tail").1).expect("utf-8");
+    let last = &big[big.len() - 4..];
+    assert_eq!(tail, format!("Ok(\"size {}, last {last:?}\")\n", big.len()));
+    // Missing files, writes and escapes get errors; the host's files stay out of reach.
+    assert_eq!(get("/missing.txt").0, 404);
+    let write = String::from_utf8(get("/new.txt?write").1).expect("utf-8");
+    assert!(
+        write.starts_with("write: Err") && write.contains("ReadOnly"),
+        "{write}"
+    );
+    let escape = String::from_utf8(get("/etc/hostname?escape").1).expect("utf-8");
+    assert!(escape.starts_with("escape: Err"), "{escape}");
+}
+
+#[test]
+fn run_shows_a_local_directory_as_assets_and_refuses_links() {
+    let dir = TempDir::new("run-assets");
+    let site = dir.path("site");
+    std::fs::create_dir_all(site.join("docs")).expect("mkdir");
+    std::fs::write(site.join("docs/a.txt"), "local asset\n").expect("write");
+    let guest = test_guest("assets");
+    let node = Daemon::run(
+        &guest,
+        &dir.path("data"),
+        &[
+            "--assets",
+            site.to_str().expect("utf-8"),
+            "--assets-mount",
+            "/assets",
+        ],
+        &[],
+    );
+    let r = curl(&node.url("/docs/a.txt"), &[]);
+    assert_eq!((r.status, r.text()), (200, "local asset\n".to_string()));
+    assert_eq!(curl(&node.url("/docs/"), &[]).text(), "a.txt\n");
+    drop(node);
+    // A link could point anywhere on the host: refused before anything serves.
+    std::os::unix::fs::symlink("/etc/hostname", site.join("docs/host")).expect("symlink");
+    let out = outpost(&[
+        "run",
+        guest.to_str().expect("utf-8"),
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path("data").to_str().expect("utf-8"),
+        "--assets",
+        site.to_str().expect("utf-8"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("only regular files and directories"), "{err}");
+}
