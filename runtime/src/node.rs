@@ -257,17 +257,21 @@ impl NodeContext {
     /// Compile a verified bundle for a slot (blocking).
     pub fn load_bundle(&self, slot: &AppSlot, v: &Verified) -> Result<App, String> {
         let (args, env) = slot.run_settings(Some(v));
+        // The assets first: refusing a bad tar costs no compile.
+        let assets = match &v.assets {
+            None => None,
+            Some(tar) => {
+                let mount = v.config.assets_mount.as_deref().unwrap_or("/assets");
+                Some(Assets::from_tar(mount, tar.clone())?)
+            }
+        };
         let app = self
             .sandbox
             .load_with(&slot.name, &v.module, args, &env, slot.host_choice())
             .map_err(|e| e.to_string())?;
-        match &v.assets {
+        match assets {
             None => Ok(app),
-            Some(tar) => {
-                let mount = v.config.assets_mount.as_deref().unwrap_or("/assets");
-                let assets = Assets::from_tar(mount, tar.clone())?;
-                app.with_assets(assets).map_err(|e| e.to_string())
-            }
+            Some(assets) => app.with_assets(assets).map_err(|e| e.to_string()),
         }
     }
 

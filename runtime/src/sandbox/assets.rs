@@ -20,8 +20,8 @@ const MAX_DEPTH: usize = 64;
 
 #[derive(Debug)]
 pub enum Kind {
-    /// Children by name.
-    Dir(BTreeMap<Box<str>, u32>),
+    /// Children sorted by name (a listing's cookie is an index into them).
+    Dir(Vec<(Box<str>, u32)>),
     /// A range of the tar's bytes.
     File { offset: usize, len: usize },
 }
@@ -54,16 +54,12 @@ impl Assets {
     /// Index an assets tar (plain, uncompressed) to be shown at `mount`.
     pub fn from_tar(mount: &str, data: Bytes) -> Result<Self, String> {
         let mount = check_mount(mount)?;
-        let mut assets = Self {
-            mount,
-            data,
-            nodes: vec![Node {
-                parent: 0,
-                kind: Kind::Dir(BTreeMap::new()),
-            }],
+        let mut tree = Builder {
+            nodes: vec![(0, None)],
+            children: vec![BTreeMap::new()],
         };
-        let data = assets.data.clone();
-        let mut archive = tar::Archive::new(&data[..]);
+        let bytes = data.clone();
+        let mut archive = tar::Archive::new(&bytes[..]);
         let entries = archive
             .entries()
             .map_err(|e| format!("assets: not a tar archive: {e}"))?;
@@ -114,11 +110,41 @@ impl Assets {
                     "assets: {shown}: only regular files and directories are allowed (links and special files are not)"
                 ));
             };
-            assets.insert(&names, node, &shown)?;
+            tree.insert(&names, node, &shown)?;
         }
-        Ok(assets)
+        let nodes = tree
+            .nodes
+            .into_iter()
+            .zip(tree.children)
+            .map(|((parent, file), children)| Node {
+                parent,
+                kind: match file {
+                    Some((offset, len)) => Kind::File { offset, len },
+                    None => Kind::Dir(children.into_iter().collect()),
+                },
+            })
+            .collect();
+        Ok(Self { mount, data, nodes })
     }
 
+    /// Where the guest sees the tree.
+    pub fn mount(&self) -> &str {
+        &self.mount
+    }
+
+    pub fn node(&self, id: u32) -> Option<&Node> {
+        self.nodes.get(id as usize)
+    }
+}
+
+/// The tree while a tar is read: each node's parent and file range (`None` for a directory),
+/// and its children by name.
+struct Builder {
+    nodes: Vec<(u32, Option<(usize, usize)>)>,
+    children: Vec<BTreeMap<Box<str>, u32>>,
+}
+
+impl Builder {
     fn insert(
         &mut self,
         names: &[&str],
@@ -141,56 +167,49 @@ impl Assets {
             None => {
                 self.child_dir(at, last, shown)?;
             }
-            Some((offset, len)) => {
-                let new = self.push(at, Kind::File { offset, len }, shown)?;
-                let Kind::Dir(children) = &mut self.nodes[at as usize].kind else {
-                    return Err(format!("assets: {shown}: a parent is a file"));
-                };
-                if children.insert((*last).into(), new).is_some() {
+            Some(range) => {
+                if self.children[at as usize].contains_key(*last) {
                     return Err(format!("assets: {shown}: appears twice"));
                 }
+                let new = self.push(at, Some(range), shown)?;
+                self.children[at as usize].insert((*last).into(), new);
             }
         }
         Ok(())
     }
 
-    /// The directory `name` under `dir`, created if absent.
+    /// The directory `name` under directory `dir`, created if absent.
     fn child_dir(&mut self, dir: u32, name: &str, shown: &str) -> Result<u32, String> {
-        let Kind::Dir(children) = &self.nodes[dir as usize].kind else {
-            return Err(format!("assets: {shown}: a parent is a file"));
-        };
-        if let Some(&existing) = children.get(name) {
-            return match self.nodes[existing as usize].kind {
-                Kind::Dir(_) => Ok(existing),
-                Kind::File { .. } => Err(format!("assets: {shown}: a parent is a file")),
+        if let Some(&existing) = self.children[dir as usize].get(name) {
+            return match self.nodes[existing as usize].1 {
+                None => Ok(existing),
+                Some(_) => Err(format!("assets: {shown}: a parent is a file")),
             };
         }
-        let new = self.push(dir, Kind::Dir(BTreeMap::new()), shown)?;
-        if let Kind::Dir(children) = &mut self.nodes[dir as usize].kind {
-            children.insert(name.into(), new);
-        }
+        let new = self.push(dir, None, shown)?;
+        self.children[dir as usize].insert(name.into(), new);
         Ok(new)
     }
 
-    fn push(&mut self, parent: u32, kind: Kind, shown: &str) -> Result<u32, String> {
-        if self.nodes.len() >= MAX_ENTRIES {
+    /// A new node; the mount itself does not count as an entry.
+    fn push(
+        &mut self,
+        parent: u32,
+        file: Option<(usize, usize)>,
+        shown: &str,
+    ) -> Result<u32, String> {
+        if self.nodes.len() > MAX_ENTRIES {
             return Err(format!(
                 "assets: {shown}: more than {MAX_ENTRIES} files and directories"
             ));
         }
-        self.nodes.push(Node { parent, kind });
+        self.nodes.push((parent, file));
+        self.children.push(BTreeMap::new());
         Ok((self.nodes.len() - 1) as u32)
     }
+}
 
-    /// Where the guest sees the tree.
-    pub fn mount(&self) -> &str {
-        &self.mount
-    }
-
-    pub fn node(&self, id: u32) -> Option<&Node> {
-        self.nodes.get(id as usize)
-    }
-
+impl Assets {
     /// A file's bytes.
     pub fn contents(&self, id: u32) -> Option<&[u8]> {
         match self.node(id)?.kind {
@@ -221,8 +240,10 @@ impl Assets {
                 b".." if at == 0 => return Err(Miss::Escapes),
                 b".." => *parent,
                 _ => {
-                    let name = std::str::from_utf8(name).map_err(|_| Miss::NotFound)?;
-                    *children.get(name).ok_or(Miss::NotFound)?
+                    let i = children
+                        .binary_search_by(|(n, _)| n.as_bytes().cmp(name))
+                        .map_err(|_| Miss::NotFound)?;
+                    children[i].1
                 }
             };
         }

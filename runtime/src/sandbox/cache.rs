@@ -20,11 +20,13 @@ const KEY_BYTES: usize = 32;
 /// capped far below this).
 const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 
-#[derive(Clone)]
 pub struct ArtifactCache {
     dir: PathBuf,
     fingerprint: String,
     key: hmac::Key,
+    /// Loads and writes share it; a collection takes it alone, so it never removes a file
+    /// between a load's use and its touch, or just after a write.
+    collecting: std::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for ArtifactCache {
@@ -192,6 +194,7 @@ impl ArtifactCache {
             dir,
             fingerprint,
             key,
+            collecting: std::sync::RwLock::new(()),
         })
     }
 
@@ -223,6 +226,7 @@ impl ArtifactCache {
     /// The artifact bytes if present and authentic. Anything else is a miss, with the reason
     /// logged and the file removed so the recompiled artifact replaces it.
     pub fn get(&self, module_digest: &str) -> Option<Vec<u8>> {
+        let _shared = self.collecting.read().unwrap_or_else(|e| e.into_inner());
         let path = self.path_for(module_digest);
         let bytes = match self.read_artifact(&path) {
             Ok(bytes) => bytes,
@@ -282,6 +286,7 @@ impl ArtifactCache {
         keep: &std::collections::HashSet<String>,
         grace: std::time::Duration,
     ) -> (usize, u64) {
+        let _alone = self.collecting.write().unwrap_or_else(|e| e.into_inner());
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return (0, 0);
         };
@@ -314,6 +319,7 @@ impl ArtifactCache {
     }
 
     pub fn put(&self, module_digest: &str, artifact: &[u8]) -> std::io::Result<()> {
+        let _shared = self.collecting.read().unwrap_or_else(|e| e.into_inner());
         let path = self.path_for(module_digest);
         let tag = hmac::sign(&self.key_for(module_digest), artifact);
         // A fresh name per write (O_EXCL, 0600): nothing to race, no symlink to follow.

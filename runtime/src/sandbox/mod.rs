@@ -395,7 +395,10 @@ impl Sandbox {
         // Each app version gets an engine of its own: wasmer keeps every module's code for
         // the life of the engine that loaded it, so a shared engine would hold the code of
         // every version ever loaded. This one goes with the version's last request.
-        let engine = base_engine(self.config.compiler);
+        let mut engine = base_engine(self.config.compiler);
+        // The memory and table styles compiled into the code come from these tunables; each
+        // request's store sets the tenant's cap on the same styles.
+        engine.set_tunables(CappedTunables::new(4 << 30, self.memories.clone()));
         let (module, source) = match self.load_cached(&engine, &digest) {
             Some(module) => (module, LoadSource::Cache),
             None => (self.compile(&engine, bytes, &digest)?, LoadSource::Compiled),
@@ -436,7 +439,7 @@ impl Sandbox {
     }
 
     fn compile(&self, engine: &Engine, bytes: &[u8], digest: &str) -> Result<Module, LoadError> {
-        // One compile at a time: the fuel middleware is shared and it bounds CPU spent on it.
+        // One compile at a time: it bounds the CPU the node spends compiling.
         let _one_at_a_time = self
             .compile_lock
             .lock()

@@ -1224,6 +1224,12 @@ fn bundle_assets_are_served_to_the_guest_read_only() {
     std::fs::create_dir_all(site.join("css")).expect("mkdir");
     std::fs::write(site.join("index.html"), "<h1>from assets</h1>\n").expect("write");
     std::fs::write(site.join("css/site.css"), "body{}\n").expect("write");
+    // A directory listed over several fd_readdir calls, each resuming at its cookie.
+    std::fs::create_dir_all(site.join("many")).expect("mkdir");
+    let many: Vec<String> = (0..300).map(|i| format!("file-{i:03}.txt")).collect();
+    for name in &many {
+        std::fs::write(site.join("many").join(name), name).expect("write");
+    }
     // Larger than the host's copy chunk, so a read spans several.
     let big: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
     std::fs::write(site.join("big.bin"), &big).expect("write");
@@ -1262,8 +1268,10 @@ fn bundle_assets_are_served_to_the_guest_read_only() {
         (200, b"<h1>from assets</h1>\n".to_vec())
     );
     assert_eq!(get("/css/site.css"), (200, b"body{}\n".to_vec()));
-    assert_eq!(get("/"), (200, b"big.bin\ncss/\nindex.html\n".to_vec()));
+    assert_eq!(get("/"), (200, b"big.bin\ncss/\nindex.html\nmany/\n".to_vec()));
     assert_eq!(get("/css/"), (200, b"site.css\n".to_vec()));
+    assert_eq!(get("/many/"), (200, format!("{}\n", many.join("\n")).into_bytes()));
+    assert_eq!(get("/many/file-299.txt"), (200, b"file-299.txt".to_vec()));
     let (status, body) = get("/big.bin");
     assert_eq!(status, 200);
     assert!(

@@ -87,9 +87,11 @@ impl GuestFs {
         self.assets.contents(node).map_or(0, |c| c.len() as u64)
     }
 
+    /// A new descriptor. Slot 0 is the preopen's alone: once closed it stays closed, so no
+    /// other descriptor is ever described as the mount.
     fn add(&mut self, node: u32) -> Result<i32, i32> {
-        let slot = match self.open.iter().position(Option::is_none) {
-            Some(i) => i,
+        let slot = match self.open.iter().skip(1).position(Option::is_none) {
+            Some(i) => i + 1,
             None if self.open.len() < MAX_OPEN => {
                 self.open.push(None);
                 self.open.len() - 1
@@ -155,17 +157,19 @@ fn resolve_at(
     fs.assets.resolve(dir, &state.scratch).map_err(miss_errno)
 }
 
+/// The mount's name when `fd` is the open preopen.
+fn preopen_mount(state: &HostState, fd: i32) -> Option<&str> {
+    let fs = state.fs.as_ref()?;
+    (fd == PREOPEN && fs.get(fd).is_some()).then(|| fs.assets.mount())
+}
+
 pub(super) fn fd_prestat_get(mut env: Env, fd: i32, out: i32) -> Result<i32, HostStop> {
     with_memory!(env, |state, view| {
-        let Some(fs) = state
-            .fs
-            .as_ref()
-            .filter(|fs| fd == PREOPEN && fs.get(fd).is_some())
-        else {
+        let Some(mount) = preopen_mount(state, fd) else {
             return Ok(EBADF);
         };
         let mut prestat = [0u8; 8];
-        prestat[4..].copy_from_slice(&(fs.assets.mount().len() as u32).to_le_bytes());
+        prestat[4..].copy_from_slice(&(mount.len() as u32).to_le_bytes());
         Ok(errno(
             view.write(out as u32 as u64, &prestat).map_err(mem_err),
         ))
@@ -179,14 +183,10 @@ pub(super) fn fd_prestat_dir_name(
     len: i32,
 ) -> Result<i32, HostStop> {
     with_memory!(env, |state, view| {
-        let Some(fs) = state
-            .fs
-            .as_ref()
-            .filter(|fs| fd == PREOPEN && fs.get(fd).is_some())
-        else {
+        let Some(mount) = preopen_mount(state, fd) else {
             return Ok(EBADF);
         };
-        let name = fs.assets.mount().as_bytes();
+        let name = mount.as_bytes();
         if (len as u32 as usize) < name.len() {
             return Ok(ENAMETOOLONG);
         }
@@ -213,7 +213,14 @@ pub(super) fn path_open(
         }
         let node = match resolve_at(state, &view, dirfd, path, path_len) {
             Ok(node) => node,
-            Err(ENOENT) if oflags & O_CREAT != 0 => return Ok(EROFS),
+            // A name that could be created (its directory exists) is refused as read-only.
+            Err(ENOENT) if oflags & O_CREAT != 0 => {
+                return Ok(if parent_exists(state, dirfd) {
+                    EROFS
+                } else {
+                    ENOENT
+                });
+            }
             Err(e) => return Ok(e),
         };
         let Some(fs) = state.fs.as_mut() else {
@@ -226,6 +233,9 @@ pub(super) fn path_open(
         if oflags & O_DIRECTORY != 0 && !dir {
             return Ok(ENOTDIR);
         }
+        if oflags & O_CREAT != 0 && dir {
+            return Ok(EISDIR);
+        }
         if oflags & O_TRUNC != 0 || fdflags & FDFLAGS_APPEND != 0 || rights as u64 & FD_WRITE != 0 {
             return Ok(if dir { EISDIR } else { EROFS });
         }
@@ -237,6 +247,23 @@ pub(super) fn path_open(
             Err(e) => Ok(e),
         }
     })
+}
+
+/// Whether the directory of the path in the scratch buffer (as `resolve_at` left it) exists.
+fn parent_exists(state: &HostState, dirfd: i32) -> bool {
+    let Some((fs, dir)) = state
+        .fs
+        .as_ref()
+        .and_then(|fs| fs.get(dirfd).map(|o| (fs, o.node)))
+    else {
+        return false;
+    };
+    let path = &state.scratch;
+    let parent = path
+        .iter()
+        .rposition(|b| *b == b'/')
+        .map_or(&path[..0], |i| &path[..=i]);
+    fs.assets.resolve(dir, parent).is_ok_and(|n| fs.is_dir(n))
 }
 
 /// `fd_read` and `fd_pread` on a file: copy from `at` into the iovecs; the position moves
@@ -309,13 +336,19 @@ pub(super) fn fd_pread(
     offset: i64,
     nread: i32,
 ) -> Result<i32, HostStop> {
+    if (0..=2).contains(&fd) {
+        return Ok(ESPIPE);
+    }
+    let Ok(offset) = u64::try_from(offset) else {
+        return Ok(EINVAL);
+    };
     with_memory!(env, |state, view| read(
         state,
         &view,
         fd,
         iovs,
         iovs_len,
-        Some(offset as u64),
+        Some(offset),
         nread
     ))
 }
@@ -344,13 +377,20 @@ pub(super) fn seek(
         2 => size,
         _ => return EINVAL,
     };
-    let Some(pos) = base.checked_add_signed(offset) else {
+    // A position must fit the guest's signed file offset.
+    let Some(pos) = base
+        .checked_add_signed(offset)
+        .filter(|p| i64::try_from(*p).is_ok())
+    else {
         return EINVAL;
     };
+    if let Err(e) = write_u64(view, out as u32 as u64, pos) {
+        return e;
+    }
     if let Some(open) = fs.get_mut(fd) {
         open.pos = pos;
     }
-    errno(write_u64(view, out as u32 as u64, pos))
+    SUCCESS
 }
 
 pub(super) fn tell(state: &HostState, view: &MemoryView, fd: i32, out: i32) -> i32 {
@@ -463,23 +503,26 @@ pub(super) fn fd_readdir(
         if !in_bounds(&view, buf, cap) || !in_bounds(&view, bufused as u32 as u64, 4) {
             return Ok(EFAULT);
         }
-        let dots = [(".", node), ("..", parent)];
-        let entries = dots
-            .into_iter()
-            .chain(children.iter().map(|(name, id)| (&**name, *id)));
+        // Entry i is `.`, `..`, then children[i - 2]: a cookie is an index, so a listing
+        // resumed anywhere costs only what it returns.
+        let total = children.len() as u64 + 2;
         let mut used: u64 = 0;
         let mut header = [0u8; DIRENT_BYTES];
-        let mut seen: u32 = 0;
-        for (i, (name, id)) in entries.enumerate().skip(cookie.max(0) as usize) {
-            if used >= cap {
-                break;
-            }
-            seen += 1;
-            if seen.is_multiple_of(ENTRIES_PER_DEADLINE_CHECK) {
+        let mut i = cookie as u64;
+        while i < total && used < cap {
+            let (name, id) = match i {
+                0 => (".", node),
+                1 => ("..", parent),
+                _ => {
+                    let (name, id) = &children[(i - 2) as usize];
+                    (&**name, *id)
+                }
+            };
+            if (i + 1).is_multiple_of(u64::from(ENTRIES_PER_DEADLINE_CHECK)) {
                 check_deadline(state)?;
             }
             let name = &name.as_bytes()[..name.len().min(MAX_NAME)];
-            header[0..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            header[0..8].copy_from_slice(&(i + 1).to_le_bytes());
             header[8..16].copy_from_slice(&(u64::from(id) + 1).to_le_bytes());
             header[16..20].copy_from_slice(&(name.len() as u32).to_le_bytes());
             header[20] = if fs.is_dir(id) {
@@ -494,6 +537,7 @@ pub(super) fn fd_readdir(
                 }
                 used += n;
             }
+            i += 1;
         }
         Ok(errno(write_u32(&view, bufused as u32 as u64, used as u32)))
     })
