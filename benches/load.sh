@@ -4,11 +4,14 @@
 # the same clients: wrk (HTTP/1.1 over TLS, keep-alive), h2load (HTTP/2), oha (HTTP/2 and
 # HTTP/3 from one client, if installed with its http3 feature), plus full TLS handshakes per
 # second (openssl s_time). Each row also gives the server's own CPU time per request.
-# Every run is bounded in time. Figures go to docs/benchmarks.md by hand.
+# Each client runs RUNS times (default 3), alternating with the other targets, and the table
+# gives medians and the ratio rows. Every run is bounded in time. Figures go to
+# docs/benchmarks.md by hand. Usage: [RUNS=3] [DURATION=10] [CONNS=32] benches/load.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/outpost-target}"
 DURATION="${DURATION:-10}"
+RUNS="${RUNS:-3}"
 CONNS="${CONNS:-32}"
 for tool in wrk h2load openssl bc; do
   command -v "$tool" >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client openssl bc >/dev/null; break; }
@@ -58,41 +61,69 @@ p99() { grep -E '^ +99%' | awk '{print $2}'; }
 cpu_secs() { awk '{print ($14 + $15) / '"$(getconf CLK_TCK)"'}' "/proc/$1/stat"; }
 served() { curl -s http://127.0.0.1:18901/metrics | { grep -E '^outpost_requests_total\{.*status="200"' || true; } | awk -v p="$1" 'index($0, "protocol=\"" p "\"") {s += $2} END {print s + 0}'; }
 per_req() { echo "($2 - $1) * 1000000 / $3" | bc; }
-echo
-echo "| client / protocol | target | req/s | p99 | server CPU per request |"
-echo "|---|---|---|---|---|"
-for target in "outpost 18443 $outpost_pid" "native 18444 $native_pid"; do
-  set -- $target
-  c0=$(cpu_secs "$3"); n0=$(served HTTP/1.1)
-  out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "https://localhost:$2/")
-  c1=$(cpu_secs "$3"); n1=$(served HTTP/1.1)
-  n=$((n1 - n0)); [ "$1" = native ] && n=$(echo "$out" | grep -E 'requests in' | awk '{print $1}')
-  echo "| wrk HTTP/1.1+TLS | $1 | $(echo "$out" | rps) | $(echo "$out" | p99) | $(per_req "$c0" "$c1" "$n") µs |"
-done
-for target in "outpost 18443 $outpost_pid" "native 18444 $native_pid"; do
-  set -- $target
-  c0=$(cpu_secs "$3"); n0=$(served HTTP/2)
-  out=$(h2load -D "$DURATION" -c "$CONNS" -m 4 -t 2 "https://localhost:$2/" 2>&1)
-  c1=$(cpu_secs "$3"); n1=$(served HTTP/2)
-  reqs=$(echo "$out" | grep -E '^finished in' | sed -E 's/.* ([0-9.]+) req\/s.*/\1/')
-  fails=$(echo "$out" | grep -E '^requests:' | sed -E 's/.* ([0-9]+) failed.*/\1/')
-  lat=$(echo "$out" | grep -E '^time for request:' | awk '{print "mean " $6 ", max " $5 " (h2load reports no p99)"}')
-  n=$((n1 - n0)); [ "$1" = native ] && n=$(echo "$out" | grep -E '^requests:' | awk '{print $8}')
-  echo "| h2load HTTP/2 (failed: $fails) | $1 | $reqs | $lat | $(per_req "$c0" "$c1" "$n") µs |"
-done
-# HTTP/2 and HTTP/3 from one client (oha), same shape: 8 connections, 4 requests in flight on
-# each. oha's HTTP/3 client can stall for a while after a timed run, so both rates come from
-# outpost's own counter over the run's duration; the p99 from oha.
+# One measurement: prints "req/s cpu_us_per_request latency" for a client against a target.
+measure() { # measure CLIENT NAME PORT PID
+  local client=$1 name=$2 port=$3 pid=$4 c0 c1 n0 n1 n out rate lat
+  case $client in
+    wrk)
+      c0=$(cpu_secs "$pid"); n0=$(served HTTP/1.1)
+      out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "https://localhost:$port/")
+      c1=$(cpu_secs "$pid"); n1=$(served HTTP/1.1)
+      n=$((n1 - n0)); [ "$name" = native ] && n=$(echo "$out" | grep -E 'requests in' | awk '{print $1}')
+      rate=$(echo "$out" | rps); lat="p99 $(echo "$out" | p99)" ;;
+    h2load)
+      c0=$(cpu_secs "$pid"); n0=$(served HTTP/2)
+      out=$(h2load -D "$DURATION" -c "$CONNS" -m 4 -t 2 "https://localhost:$port/" 2>&1)
+      c1=$(cpu_secs "$pid"); n1=$(served HTTP/2)
+      n=$((n1 - n0)); [ "$name" = native ] && n=$(echo "$out" | grep -E '^requests:' | awk '{print $8}')
+      rate=$(echo "$out" | grep -E '^finished in' | sed -E 's/.* ([0-9.]+) req\/s.*/\1/')
+      lat="mean $(echo "$out" | grep -E '^time for request:' | awk '{print $6}'), failed $(echo "$out" | grep -E '^requests:' | sed -E 's/.* ([0-9]+) failed.*/\1/')" ;;
+    oha2 | oha3)
+      # oha's HTTP/3 client can stall after a timed run: the rate is outpost's own count.
+      local proto=${client#oha}
+      c0=$(cpu_secs "$pid"); n0=$(served "HTTP/$proto")
+      out=$(timeout $((DURATION + 60)) oha --http-version "$proto" --insecure -z "${DURATION}s" -c 8 -p 4 --no-tui "https://localhost:$port/" 2>&1 || true)
+      c1=$(cpu_secs "$pid"); n1=$(served "HTTP/$proto")
+      n=$((n1 - n0)); rate=$((n / DURATION))
+      lat="p99 $(echo "$out" | { grep -E '99.00%' || true; } | awk '{print $3 $4}')" ;;
+  esac
+  echo "${rate:-0} $(per_req "$c0" "$c1" "${n:-1}") $lat"
+}
+median() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+rows=("wrk outpost 18443 $outpost_pid" "wrk native 18444 $native_pid" "h2load outpost 18443 $outpost_pid" "h2load native 18444 $native_pid")
 if command -v oha >/dev/null; then
-  for proto in 2 3; do
-    c0=$(cpu_secs "$outpost_pid"); n0=$(served "HTTP/$proto")
-    out=$(timeout $((DURATION + 60)) oha --http-version "$proto" --insecure -z "${DURATION}s" -c 8 -p 4 --no-tui "https://localhost:18443/" 2>&1 || true)
-    c1=$(cpu_secs "$outpost_pid"); n1=$(served "HTTP/$proto")
-    n=$((n1 - n0))
-    echo "| oha HTTP/$proto (8 connections x 4) | outpost | $((n / DURATION)) (server count) | $(echo "$out" | { grep -E '99.00%' || true; } | awk '{print $3 " " $4}') | $(per_req "$c0" "$c1" "$n") µs |"
+  rows+=("oha2 outpost 18443 $outpost_pid" "oha3 outpost 18443 $outpost_pid")
+fi
+# Runs alternate the targets, so both see the same noise.
+for run in $(seq "$RUNS"); do
+  for row in "${rows[@]}"; do
+    set -- $row
+    echo "$(measure "$1" "$2" "$3" "$4")" >>"$work/$1-$2"
+    echo "run $run: $1 $2: $(tail -1 "$work/$1-$2")" >&2
   done
+done
+rate_of() { cut -d' ' -f1 "$work/$1" | median; }
+cpu_of() { cut -d' ' -f2 "$work/$1" | median; }
+echo
+echo "median of $RUNS runs (each run alternates the targets; per-run figures on stderr)"
+echo
+echo "| client / protocol | target | req/s (median) | server CPU per request (median) | per run: req/s, CPU µs, latency |"
+echo "|---|---|---|---|---|"
+for row in "${rows[@]}"; do
+  set -- $row
+  label=$(case $1 in wrk) echo "wrk HTTP/1.1+TLS";; h2load) echo "h2load HTTP/2 (4 streams per connection)";; oha2) echo "oha HTTP/2 (8 x 4)";; oha3) echo "oha HTTP/3 (8 x 4)";; esac)
+  echo "| $label | $2 | $(rate_of "$1-$2") | $(cpu_of "$1-$2") µs | $(paste -sd';' "$work/$1-$2" | sed 's/;/; /g') |"
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
+echo
+echo "| ratio (medians) | value | target |"
+echo "|---|---|---|"
+echo "| HTTP/1.1+TLS outpost / native hyper (wrk) | $(ratio "$(rate_of wrk-outpost)" "$(rate_of wrk-native)")x | 0.5x (hardening), 0.75x (throughput) |"
+echo "| HTTP/2 outpost / native hyper (h2load) | $(ratio "$(rate_of h2load-outpost)" "$(rate_of h2load-native)")x | 0.7x |"
+if command -v oha >/dev/null; then
+  echo "| HTTP/3 / HTTP/2, outpost, same client (oha) | $(ratio "$(rate_of oha3-outpost)" "$(rate_of oha2-outpost)")x | 1.0x |"
 else
-  echo "| oha HTTP/2, HTTP/3 | outpost | not measured: install oha with its http3 feature (cargo install oha --features http3) | | |"
+  echo "| HTTP/3 / HTTP/2 | not measured: install oha with its http3 feature (cargo install oha --features http3) | |"
 fi
 echo
 # Full handshakes (no resumption) from two openssl clients at once; the server's own CPU time
