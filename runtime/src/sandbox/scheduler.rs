@@ -332,11 +332,22 @@ impl Pool {
 /// the caller then fails the request without running more guest code. Outside a pool thread
 /// (tests, `outpost run`'s direct calls) it just runs `wait`.
 pub fn blocking<T>(deadline: Instant, wait: impl FnOnce() -> T) -> Result<T, T> {
-    let Some(lane) = HOLDING.with(|h| h.borrow_mut().take()) else {
+    let Some(lane) = give_back() else {
         return Ok(wait());
     };
-    let pool_next = lane.release();
-    if let Some(next) = pool_next {
+    let out = wait();
+    if take_back(lane, deadline) {
+        Ok(out)
+    } else {
+        Err(out)
+    }
+}
+
+/// Give this thread's CPU slot back (to its lane's next waiter, on a thread of its own); the
+/// lane, to take a slot back from, if the thread held one.
+fn give_back() -> Option<Arc<Lane>> {
+    let lane = HOLDING.with(|h| h.borrow_mut().take())?;
+    if let Some(next) = lane.release() {
         // The slot went to a queued job of this lane: it needs a thread of its own.
         POOL.with(|p| match p.borrow().as_ref() {
             Some(pool) => pool.hand_to_thread(next),
@@ -346,12 +357,47 @@ pub fn blocking<T>(deadline: Instant, wait: impl FnOnce() -> T) -> Result<T, T> 
             }
         });
     }
-    let out = wait();
+    Some(lane)
+}
+
+/// Wait for a slot of `lane` again and hold it on this thread; false if the deadline passed.
+fn take_back(lane: Arc<Lane>, deadline: Instant) -> bool {
     if lane.reacquire(deadline) {
         HOLDING.with(|h| *h.borrow_mut() = Some(lane));
-        Ok(out)
+        true
     } else {
-        Err(out)
+        false
+    }
+}
+
+/// `blocking` for a wait that is a future polled on this thread (wasix's host calls block on
+/// their futures where the guest runs): the slot is given back when it is made and taken
+/// back when it is dropped, done or not, on the thread that made it. Dropped elsewhere, the
+/// slot stays given back and the guest runs on without one until its request ends.
+pub struct Paused {
+    lane: Option<Arc<Lane>>,
+    deadline: Instant,
+    thread: std::thread::ThreadId,
+}
+
+impl Paused {
+    pub fn begin(deadline: Instant) -> Self {
+        Self {
+            lane: give_back(),
+            deadline,
+            thread: std::thread::current().id(),
+        }
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if let Some(lane) = self.lane.take() {
+            if std::thread::current().id() == self.thread {
+                // Past the deadline the watchdog stops the guest; nothing more to hold.
+                take_back(lane, self.deadline);
+            }
+        }
     }
 }
 

@@ -70,11 +70,19 @@ impl VirtualTaskManager for EnvelopedTasks {
         &self,
         time: std::time::Duration,
     ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync + 'static>> {
-        let capped = match DEADLINE.with(|d| d.get()) {
-            Some(deadline) => time.min(deadline.saturating_duration_since(Instant::now())),
-            None => time,
+        let Some(deadline) = DEADLINE.with(|d| d.get()) else {
+            return self.inner.sleep_now(time);
         };
-        self.inner.sleep_now(capped)
+        let sleep = self
+            .inner
+            .sleep_now(time.min(deadline.saturating_duration_since(Instant::now())));
+        // A sleeping guest (its own sleep, or a poll or futex timeout) holds no CPU slot, as
+        // on the lean host: given back now, taken back when the sleep ends or is dropped.
+        let paused = super::scheduler::Paused::begin(deadline);
+        Box::pin(async move {
+            let _paused = paused;
+            sleep.await;
+        })
     }
 
     fn task_shared(

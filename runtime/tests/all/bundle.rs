@@ -1268,9 +1268,15 @@ fn bundle_assets_are_served_to_the_guest_read_only() {
         (200, b"<h1>from assets</h1>\n".to_vec())
     );
     assert_eq!(get("/css/site.css"), (200, b"body{}\n".to_vec()));
-    assert_eq!(get("/"), (200, b"big.bin\ncss/\nindex.html\nmany/\n".to_vec()));
+    assert_eq!(
+        get("/"),
+        (200, b"big.bin\ncss/\nindex.html\nmany/\n".to_vec())
+    );
     assert_eq!(get("/css/"), (200, b"site.css\n".to_vec()));
-    assert_eq!(get("/many/"), (200, format!("{}\n", many.join("\n")).into_bytes()));
+    assert_eq!(
+        get("/many/"),
+        (200, format!("{}\n", many.join("\n")).into_bytes())
+    );
     assert_eq!(get("/many/file-299.txt"), (200, b"file-299.txt".to_vec()));
     let (status, body) = get("/big.bin");
     assert_eq!(status, 200);

@@ -10,3 +10,4 @@ mod sandbox;
 mod serve;
 mod soak;
 mod support;
+mod wasix;
