@@ -22,6 +22,7 @@ use crate::bundle::layout::Layout;
 use crate::http::handler::Target;
 use crate::http::router::Router;
 use crate::metrics::Metrics;
+use crate::origin::{AppBackends, Backend, Origins};
 use crate::sandbox::{App, Envelope, HostChoice, Limits, Sandbox};
 
 /// Assets layers larger than this are refused before they are fetched.
@@ -76,6 +77,7 @@ pub struct AppSlot {
     keys: Vec<VerifyingKey>,
     envelope: Arc<Envelope>,
     admission: Arc<Semaphore>,
+    backends: Arc<AppBackends>,
     current: ArcSwapOption<Version>,
     problem: Mutex<Problem>,
 }
@@ -135,6 +137,7 @@ impl AppSlot {
                 app: Arc::new(app),
                 envelope: self.envelope.clone(),
                 admission: self.admission.clone(),
+                backends: self.backends.clone(),
             }),
             digest,
             since: SystemTime::now(),
@@ -151,6 +154,7 @@ impl AppSlot {
                 app: version.target.app.clone(),
                 envelope: self.envelope.clone(),
                 admission: self.admission.clone(),
+                backends: self.backends.clone(),
             }),
             digest: version.digest.clone(),
             since: version.since,
@@ -202,6 +206,20 @@ impl AppSlot {
     pub fn host_choice(&self) -> HostChoice {
         host_choice(self.spec.host)
     }
+
+    /// Load a module for this app (blocking: may compile).
+    fn load(
+        &self,
+        sandbox: &Sandbox,
+        bytes: &[u8],
+        bundle: Option<&Verified>,
+    ) -> Result<App, String> {
+        let (args, env) = self.run_settings(bundle);
+        let outbound = !self.spec.backends.is_empty();
+        sandbox
+            .load_outbound(&self.name, bytes, args, &env, self.host_choice(), outbound)
+            .map_err(|e| e.to_string())
+    }
 }
 
 struct TenantRuntime {
@@ -219,6 +237,8 @@ pub struct NodeContext {
     pub cache: Layout,
     /// `local:REPO:TAG` sources read the OCI image layout `bundles/REPO`.
     pub bundles: PathBuf,
+    /// What every backend's pool shares (the node's own listeners, never connected to).
+    pub origins: Arc<Origins>,
 }
 
 impl NodeContext {
@@ -236,6 +256,7 @@ impl NodeContext {
             );
         }
         Ok(Self {
+            origins: Arc::new(Origins::new(metrics.clone())),
             sandbox,
             metrics,
             cache,
@@ -255,10 +276,7 @@ impl NodeContext {
 
     /// Compile a verified bundle for a slot (blocking).
     pub fn load_bundle(&self, slot: &AppSlot, v: &Verified) -> Result<App, String> {
-        let (args, env) = slot.run_settings(Some(v));
-        self.sandbox
-            .load_with(&slot.name, &v.module, args, &env, slot.host_choice())
-            .map_err(|e| e.to_string())
+        slot.load(&self.sandbox, &v.module, Some(v))
     }
 
     /// Record that `slot` serves version `v`, so a restart serves it from the cache.
@@ -328,6 +346,8 @@ pub struct State {
     pub router: Router<Routed>,
     pub slots: Vec<Arc<AppSlot>>,
     tenants: HashMap<String, TenantRuntime>,
+    /// Each declared backend with its connection pool.
+    backends: HashMap<String, Arc<Backend>>,
 }
 
 impl State {
@@ -337,6 +357,7 @@ impl State {
             router: Router::default(),
             slots: Vec::new(),
             tenants: HashMap::new(),
+            backends: HashMap::new(),
         }
     }
 
@@ -417,6 +438,28 @@ pub fn build(config: Config, previous: &State, ctx: &NodeContext) -> State {
     }
     let caps = ctx.caps(&config);
 
+    // A backend whose entry did not change keeps its pool (and its open connections).
+    let mut backends: HashMap<String, Arc<Backend>> = HashMap::new();
+    for b in &config.backends {
+        let name = b.name.as_str().to_string();
+        let kept = previous
+            .backends
+            .get(&name)
+            .filter(|old| old.spec == *b)
+            .cloned();
+        let backend = match kept {
+            Some(old) => old,
+            None => match ctx.origins.backend(b) {
+                Ok(new) => new,
+                Err(e) => {
+                    tracing::error!(backend = %name, tenant = %b.tenant, error = %e, "backend not usable; its apps' requests to it fail with 502");
+                    continue;
+                }
+            },
+        };
+        backends.insert(name, backend);
+    }
+
     let mut slots = Vec::new();
     let mut by_name: HashMap<String, Arc<AppSlot>> = HashMap::new();
     for a in &config.apps {
@@ -425,9 +468,18 @@ pub fn build(config: Config, previous: &State, ctx: &NodeContext) -> State {
         let Some(rt) = tenants.get(&tenant) else {
             continue;
         };
+        let app_backends = AppBackends::new(
+            a.backends
+                .iter()
+                .filter_map(|b| backends.get(b.as_str()).cloned())
+                .collect(),
+        );
         let old = previous.slots.iter().find(|s| s.name == name);
         let unchanged = old.filter(|s| {
-            s.spec == *a && Arc::ptr_eq(&s.envelope, &rt.envelope) && s.keys == rt.keys
+            s.spec == *a
+                && Arc::ptr_eq(&s.envelope, &rt.envelope)
+                && s.keys == rt.keys
+                && s.backends.same_as(&app_backends)
         });
         let slot = match unchanged {
             Some(s) => s.clone(),
@@ -441,6 +493,7 @@ pub fn build(config: Config, previous: &State, ctx: &NodeContext) -> State {
                     keys: rt.keys.clone(),
                     envelope: rt.envelope.clone(),
                     admission: rt.admission.clone(),
+                    backends: Arc::new(app_backends),
                     current: ArcSwapOption::empty(),
                     problem: Mutex::new(Problem::default()),
                 });
@@ -468,6 +521,7 @@ pub fn build(config: Config, previous: &State, ctx: &NodeContext) -> State {
         router,
         slots,
         tenants,
+        backends,
     }
 }
 
@@ -479,12 +533,7 @@ fn first_version(slot: &AppSlot, old: Option<&AppSlot>, ctx: &NodeContext, caps:
     let loaded: Result<Option<(App, String)>, String> = match &slot.spec.source {
         Source::File(path) => std::fs::read(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))
-            .and_then(|bytes| {
-                let (args, env) = slot.run_settings(None);
-                ctx.sandbox
-                    .load_with(name, &bytes, args, &env, slot.host_choice())
-                    .map_err(|e| e.to_string())
-            })
+            .and_then(|bytes| slot.load(&ctx.sandbox, &bytes, None))
             .map(|app| {
                 let digest = app.digest.clone();
                 Some((app, digest))

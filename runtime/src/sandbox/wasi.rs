@@ -101,6 +101,8 @@ pub struct HostState {
     pub deadline: Instant,
     pub started: Instant,
     pub handle: Handle,
+    /// The app's subrequests (`outpost_http_v1`), when it declares backends.
+    pub outbound: Option<super::http_v1::Subrequests>,
     scratch: Vec<u8>,
 }
 
@@ -125,6 +127,7 @@ impl HostState {
             deadline,
             started: Instant::now(),
             handle,
+            outbound: None,
             scratch: Vec::new(),
         }
     }

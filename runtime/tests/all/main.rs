@@ -4,6 +4,7 @@ mod bundle;
 mod edge;
 mod hostile;
 mod hygiene;
+mod origin;
 mod run;
 mod sandbox;
 mod serve;
