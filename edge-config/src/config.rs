@@ -14,7 +14,10 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::diag::{nearest, Diagnostics, Sink};
-use crate::types::{GuestHost, HostPattern, Limits, Name, PathPrefix, PublicKey, Source};
+use crate::types::{
+    parse_host_header, GuestHost, HostPattern, Limits, Name, OriginUrl, PathPrefix, PublicKey,
+    Source,
+};
 use crate::units::{parse_duration, parse_size};
 
 /// A validated configuration.
@@ -31,6 +34,28 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     pub apps: Vec<App>,
     pub routes: Vec<Route>,
+    /// Origins tenants' apps may send requests to.
+    pub backends: Vec<Backend>,
+}
+
+/// An origin server a tenant's apps may reach (pass-through and subrequests).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub name: Name,
+    pub tenant: Name,
+    pub url: OriginUrl,
+    /// The Host header (and TLS server name) sent instead of the URL's host.
+    pub host_header: Option<String>,
+    /// PEM file of the CAs that verify the origin's certificate, instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// Time from sending the request to the response head; also the longest pause between
+    /// two chunks of the response body.
+    pub first_byte_timeout: Duration,
+    /// Connections open to the origin at once (idle ones included).
+    pub max_connections: u32,
+    /// Whether the host name may resolve to loopback, link-local or private addresses.
+    pub allow_private: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +126,8 @@ pub struct App {
     pub env: BTreeMap<String, String>,
     pub args: Vec<String>,
     pub host: GuestHost,
+    /// Backends (of the app's tenant) the app may send requests to.
+    pub backends: Vec<Name>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -198,6 +225,23 @@ struct RawApp {
     #[serde(default)]
     args: Vec<String>,
     host: Option<S<String>>,
+    #[serde(default)]
+    backends: Vec<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: S<String>,
+    tenant: S<String>,
+    url: S<String>,
+    host_header: Option<S<String>>,
+    ca_file: Option<S<String>>,
+    connect_timeout: Option<S<toml::Value>>,
+    first_byte_timeout: Option<S<toml::Value>>,
+    max_connections: Option<S<toml::Value>>,
+    #[serde(default)]
+    allow_private: bool,
 }
 
 #[derive(Deserialize)]
@@ -209,7 +253,7 @@ struct RawRoute {
 }
 
 const SECTIONS: &[&str] = &[
-    "node", "listen", "tls", "limits", "caps", "registry", "tenant", "app", "route",
+    "node", "listen", "tls", "limits", "caps", "registry", "tenant", "app", "route", "backend",
 ];
 
 /// Extra advice for keys users commonly try.
@@ -612,7 +656,7 @@ fn remove_key_at(value: &mut Spanned<DeValue<'_>>, name: &str, span: &Range<usiz
 
 fn section_header(section: &str) -> String {
     match section {
-        "tenant" | "app" | "route" => format!("[[{section}]]"),
+        "tenant" | "app" | "route" | "backend" => format!("[[{section}]]"),
         "" => "the top level".into(),
         s if s.starts_with("tenant.") => format!("[{s}]"),
         s => format!("[{s}]"),
@@ -682,6 +726,10 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
     let raw_apps: Vec<RawApp> = array(&mut l, "app")
         .into_iter()
         .filter_map(|v| l.read(v, "app"))
+        .collect();
+    let raw_backends: Vec<RawBackend> = array(&mut l, "backend")
+        .into_iter()
+        .filter_map(|v| l.read(v, "backend"))
         .collect();
     let raw_routes: Vec<(Range<usize>, RawRoute)> = array(&mut l, "route")
         .into_iter()
@@ -909,6 +957,113 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
     }
     let tenant_names: Vec<&str> = tenant_seen.keys().map(String::as_str).collect();
 
+    // [[backend]]
+    let mut backends = Vec::new();
+    let mut backend_seen: HashMap<String, Range<usize>> = HashMap::new();
+    for raw in &raw_backends {
+        let Some(name) = l.unique_name(&raw.name, "backend", &mut backend_seen) else {
+            continue;
+        };
+        let tenant_name = raw.tenant.get_ref();
+        if !tenant_seen.contains_key(tenant_name.as_str()) {
+            let help = nearest(tenant_name, &tenant_names)
+                .map(|t| format!("did you mean `{t}`?"))
+                .unwrap_or_else(|| "add a [[tenant]] with this name, or fix the name".into());
+            l.sink.error_help(
+                raw.tenant.span(),
+                format!("backend `{name}` belongs to unknown tenant `{tenant_name}`"),
+                help,
+            );
+        }
+        let url = match OriginUrl::parse(raw.url.get_ref()) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                l.sink
+                    .error(raw.url.span(), format!("backend `{name}` url: {e}"));
+                None
+            }
+        };
+        let host_header = raw.host_header.as_ref().and_then(|h| {
+            parse_host_header(h.get_ref())
+                .map_err(|e| {
+                    l.sink
+                        .error(h.span(), format!("backend `{name}` host_header: {e}"));
+                })
+                .ok()
+        });
+        if let (Some(ca), Some(u)) = (&raw.ca_file, &url) {
+            if u.scheme == crate::types::Scheme::Http {
+                l.sink.error_help(
+                    ca.span(),
+                    format!("backend `{name}` has a ca_file but its url is http://"),
+                    "use an https:// url, or remove ca_file",
+                );
+            }
+        }
+        let timeout = |l: &mut Loader<'_>,
+                       v: &Option<S<toml::Value>>,
+                       field: &str,
+                       default: Duration| {
+            match l.duration(v, field) {
+                Some(d) if d.is_zero() || d > Duration::from_secs(300) => {
+                    if let Some(v) = v {
+                        l.sink.error_help(
+                            v.span(),
+                            format!(
+                                "backend `{name}` {field} must be longer than 0 and at most 300s"
+                            ),
+                            format!("use a duration such as {field} = \"5s\""),
+                        );
+                    }
+                    default
+                }
+                Some(d) => d,
+                None => default,
+            }
+        };
+        let connect_timeout = timeout(
+            &mut l,
+            &raw.connect_timeout,
+            "connect_timeout",
+            Duration::from_secs(5),
+        );
+        let first_byte_timeout = timeout(
+            &mut l,
+            &raw.first_byte_timeout,
+            "first_byte_timeout",
+            Duration::from_secs(15),
+        );
+        let max_connections = match l.count(&raw.max_connections, "max_connections") {
+            Some(n) if n == 0 || n > 100_000 => {
+                if let Some(v) = &raw.max_connections {
+                    l.sink.error_help(
+                        v.span(),
+                        format!("backend `{name}` max_connections {n} is out of range"),
+                        "allow from 1 to 100000 connections",
+                    );
+                }
+                64
+            }
+            Some(n) => n as u32,
+            None => 64,
+        };
+        let (Some(url), Ok(tenant)) = (url, Name::parse(tenant_name)) else {
+            continue;
+        };
+        backends.push(Backend {
+            name,
+            tenant,
+            url,
+            host_header,
+            ca_file: raw.ca_file.as_ref().map(|p| l.path(p.get_ref())),
+            connect_timeout,
+            first_byte_timeout,
+            max_connections,
+            allow_private: raw.allow_private,
+        });
+    }
+    let backend_names: Vec<&str> = backend_seen.keys().map(String::as_str).collect();
+
     // [[app]]
     let mut apps = Vec::new();
     let mut app_seen: HashMap<String, Range<usize>> = HashMap::new();
@@ -954,6 +1109,40 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
                 GuestHost::Auto
             }),
         };
+        let mut app_backends: Vec<Name> = Vec::new();
+        for b in &raw.backends {
+            let wanted = b.get_ref();
+            match backends.iter().find(|x| x.name.as_str() == wanted) {
+                Some(found) if found.tenant.as_str() != tenant_name => l.sink.error_help(
+                    b.span(),
+                    format!(
+                        "app `{name}` of tenant `{tenant_name}` names backend `{wanted}`, which belongs to tenant `{}`",
+                        found.tenant
+                    ),
+                    "an app may use only its own tenant's backends",
+                ),
+                Some(found) if app_backends.contains(&found.name) => {
+                    l.sink.error(
+                        b.span(),
+                        format!("app `{name}` lists backend `{wanted}` twice"),
+                    );
+                }
+                Some(found) => app_backends.push(found.name.clone()),
+                None if backend_seen.contains_key(wanted.as_str()) => {}
+                None => {
+                    let help = nearest(wanted, &backend_names)
+                        .map(|t| format!("did you mean `{t}`?"))
+                        .unwrap_or_else(|| {
+                            "add a [[backend]] with this name, or fix the name".into()
+                        });
+                    l.sink.error_help(
+                        b.span(),
+                        format!("app `{name}` names unknown backend `{wanted}`"),
+                        help,
+                    );
+                }
+            }
+        }
         let Ok(tenant) = Name::parse(tenant_name) else {
             continue;
         };
@@ -964,6 +1153,7 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
             env: raw.env.clone(),
             args: raw.args.clone(),
             host,
+            backends: app_backends,
         });
     }
     let app_names: Vec<&str> = app_seen.keys().map(String::as_str).collect();
@@ -1034,6 +1224,7 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, Diagnost
         tenants,
         apps,
         routes,
+        backends,
     })
 }
 

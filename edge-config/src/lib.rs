@@ -6,6 +6,11 @@ pub mod diag;
 pub mod types;
 pub mod units;
 
-pub use config::{load, parse, App, CertPair, Config, Listen, Node, Registry, Route, Tenant, Tls};
+pub use config::{
+    load, parse, App, Backend, CertPair, Config, Listen, Node, Registry, Route, Tenant, Tls,
+};
 pub use diag::{Diagnostic, Diagnostics, Position};
-pub use types::{GuestHost, HostPattern, Limits, Name, PathPrefix, PublicKey, Reference, Source};
+pub use types::{
+    GuestHost, HostPattern, Limits, Name, OriginUrl, PathPrefix, PublicKey, Reference, Scheme,
+    Source,
+};

@@ -277,6 +277,135 @@ impl fmt::Display for PathPrefix {
     }
 }
 
+/// The scheme an origin is reached with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Where a backend lives: `https://origin.example.com[:port]` (or `http://`), a host name or
+/// an IP literal, no path, query or user info.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OriginUrl {
+    pub scheme: Scheme,
+    /// Lowercase host name, or the IP literal (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    /// The address when `host` is an IP literal.
+    pub ip: Option<std::net::IpAddr>,
+}
+
+impl OriginUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let expected = "expected https://HOST[:PORT] or http://HOST[:PORT], such as \"https://origin.example.com\" (no path, query or user info)";
+        let (scheme, rest) = if let Some(rest) = s.strip_prefix("https://") {
+            (Scheme::Https, rest)
+        } else if let Some(rest) = s.strip_prefix("http://") {
+            (Scheme::Http, rest)
+        } else {
+            return Err(format!("{s:?} is not an origin URL; {expected}"));
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+            return Err(format!("{s:?} is not an origin URL; {expected}"));
+        }
+        let default_port = match scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (addr, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{s:?} has an unclosed [IPv6 address]; {expected}"))?;
+            let port =
+                match after {
+                    "" => None,
+                    p => Some(p.strip_prefix(':').ok_or_else(|| {
+                        format!("{s:?} has text after the IPv6 address; {expected}")
+                    })?),
+                };
+            (addr, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        let port = match port {
+            None => default_port,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{p:?} is not a port (1-65535) in {s:?}"))?,
+        };
+        let lower = host.to_ascii_lowercase();
+        let ip = lower.parse::<std::net::IpAddr>().ok();
+        if ip.is_none() && (!valid_hostname(&lower) || authority.starts_with('[')) {
+            return Err(format!(
+                "{host:?} is not a host name or IP address in {s:?}; {expected}"
+            ));
+        }
+        Ok(Self {
+            scheme,
+            host: lower,
+            port,
+            ip,
+        })
+    }
+
+    /// `host:port` as a Host header or authority writes it (IPv6 in brackets, the scheme's
+    /// default port left out).
+    pub fn authority(&self) -> String {
+        let host = match self.ip {
+            Some(std::net::IpAddr::V6(_)) => format!("[{}]", self.host),
+            _ => self.host.clone(),
+        };
+        let default = matches!(
+            (self.scheme, self.port),
+            (Scheme::Http, 80) | (Scheme::Https, 443)
+        );
+        if default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+impl fmt::Display for OriginUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme.as_str(), self.authority())
+    }
+}
+
+/// A Host header value an operator may set for a backend: a host name, optionally with a port.
+pub fn parse_host_header(s: &str) -> Result<String, String> {
+    let lower = s.to_ascii_lowercase();
+    let (host, port) = match lower.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (lower.as_str(), None),
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    if port_ok && (valid_hostname(host) || host.parse::<std::net::Ipv4Addr>().is_ok()) {
+        Ok(lower)
+    } else {
+        Err(format!(
+            "{s:?} is not a Host header value; expected a host name such as \"www.example.com\", optionally with :PORT"
+        ))
+    }
+}
+
 /// A tenant's signing key: `ed25519:<base64 of the 32-byte public key>`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PublicKey(pub [u8; 32]);
@@ -469,6 +598,39 @@ mod tests {
         for bad in ["", "api", "/a b", "/a?b", "/a#b", "/ü"] {
             assert!(PathPrefix::parse(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn origin_urls() {
+        let u = OriginUrl::parse("https://Origin.Example.com").expect("url");
+        assert_eq!(
+            (u.scheme, u.host.as_str(), u.port, u.ip),
+            (Scheme::Https, "origin.example.com", 443, None)
+        );
+        assert_eq!(u.authority(), "origin.example.com");
+        let u = OriginUrl::parse("http://127.0.0.1:8080/").expect("ip");
+        assert_eq!(u.ip, Some("127.0.0.1".parse().expect("ip")));
+        assert_eq!(u.authority(), "127.0.0.1:8080");
+        let u = OriginUrl::parse("https://[::1]:8443").expect("v6");
+        assert_eq!(u.authority(), "[::1]:8443");
+        for bad in [
+            "",
+            "origin.example.com",
+            "ftp://a.com",
+            "https://",
+            "https://a.com/path",
+            "https://a.com?q",
+            "https://user@a.com",
+            "https://a.com:0",
+            "https://a.com:99999",
+            "https://a b.com",
+            "https://[::1",
+            "https://[::1]x",
+        ] {
+            assert!(OriginUrl::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(parse_host_header("www.example.com:8443").is_ok());
+        assert!(parse_host_header("a b").is_err());
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! The one failure type of a request: where it came from (client, tenant code, limits, outpost
-//! itself), which status the client gets and which metric label counts it. Call sites say
-//! what happened; this module alone decides how it is reported.
+//! The one failure type of a request: where it came from (client, tenant code, limits, an
+//! origin server, outpost itself), whether a retry could help, which status the client gets and
+//! which metric label counts it. Call sites say what happened; this module alone decides how it
+//! is reported.
 
 use std::fmt;
 
 use http::StatusCode;
+
+pub use crate::origin::{OriginErrorKind, OriginFailure};
 
 /// A per-tenant limit from the design's limits table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,9 +40,11 @@ impl Limit {
 
 /// Where a failed request's cause lies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub enum Source {
     Client,
     Tenant,
+    /// A backend's origin server (or the way to it).
+    Origin,
     Internal,
 }
 
@@ -59,6 +64,8 @@ pub enum Failure {
     NoRoute,
     /// The routed app has no runnable version yet.
     NotReady,
+    /// A backend's origin could not be reached or failed mid-response.
+    Origin(OriginFailure),
     /// outpost itself failed (resources, a bug); not the tenant's fault.
     Internal(String),
 }
@@ -83,6 +90,26 @@ impl Failure {
             Failure::ClientGone => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Failure::NoRoute => StatusCode::NOT_FOUND,
             Failure::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Origin(o) => match o.kind {
+                OriginErrorKind::ConnectTimeout
+                | OriginErrorKind::FirstByteTimeout
+                | OriginErrorKind::BodyTimeout => StatusCode::GATEWAY_TIMEOUT,
+                OriginErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_GATEWAY,
+            },
+        }
+    }
+
+    /// Whether the same request, sent again, could succeed: the cause was transient (an origin
+    /// that was down or slow, a full queue), not the request or the app itself.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Failure::Limit(Limit::Concurrency | Limit::Queue) | Failure::NotReady => true,
+            Failure::Origin(o) => !matches!(
+                o.kind,
+                OriginErrorKind::Refused(_) | OriginErrorKind::UnknownBackend
+            ),
+            _ => false,
         }
     }
 
@@ -97,6 +124,7 @@ impl Failure {
             Failure::NoRoute => "no_route",
             Failure::NotReady => "not_ready",
             Failure::Internal(_) => "internal",
+            Failure::Origin(o) => o.kind.label(),
         }
     }
 
@@ -107,14 +135,17 @@ impl Failure {
         }
     }
 
-    pub fn origin(&self) -> Origin {
+    pub fn source(&self) -> Source {
         match self {
             Failure::ClientGone | Failure::NoRoute | Failure::Limit(Limit::RequestBody) => {
-                Origin::Client
+                Source::Client
             }
-            Failure::Limit(Limit::Headers) => Origin::Client,
-            Failure::Internal(_) | Failure::NotReady => Origin::Internal,
-            _ => Origin::Tenant,
+            Failure::Limit(Limit::Headers) => Source::Client,
+            Failure::Internal(_) | Failure::NotReady => Source::Internal,
+            // An app naming a backend it may not use is the tenant's mistake.
+            Failure::Origin(o) if o.kind == OriginErrorKind::UnknownBackend => Source::Tenant,
+            Failure::Origin(_) => Source::Origin,
+            _ => Source::Tenant,
         }
     }
 
@@ -131,6 +162,16 @@ impl Failure {
             Failure::NotReady => "outpost: the app is not ready\n".into(),
             Failure::ClientGone => String::new(),
             Failure::Internal(_) => "outpost: internal error\n".into(),
+            Failure::Origin(o) => match self.status() {
+                StatusCode::GATEWAY_TIMEOUT => {
+                    "outpost: the origin did not answer in time\n".into()
+                }
+                StatusCode::SERVICE_UNAVAILABLE => "outpost: the origin is busy\n".into(),
+                _ if o.kind == OriginErrorKind::UnknownBackend => {
+                    "outpost: the app named a backend it may not use\n".into()
+                }
+                _ => "outpost: the origin could not be reached\n".into(),
+            },
         }
     }
 }
@@ -146,6 +187,7 @@ impl fmt::Display for Failure {
             Failure::NoRoute => write!(f, "no route"),
             Failure::NotReady => write!(f, "app not ready"),
             Failure::Internal(msg) => write!(f, "internal error: {msg}"),
+            Failure::Origin(o) => write!(f, "origin {}: {}", o.kind.label(), o.detail),
         }
     }
 }
@@ -167,5 +209,29 @@ mod tests {
         assert_eq!(Failure::StackOverflow.status(), 500);
         assert_eq!(Failure::BadResponse("x".into()).status(), 502);
         assert_eq!(Failure::NoRoute.status(), 404);
+    }
+
+    #[test]
+    fn origin_failures_map_to_gateway_statuses_and_say_if_a_retry_helps() {
+        let f = |kind| {
+            Failure::Origin(OriginFailure {
+                kind,
+                detail: "x".into(),
+            })
+        };
+        assert_eq!(f(OriginErrorKind::Connect).status(), 502);
+        assert_eq!(f(OriginErrorKind::Tls).status(), 502);
+        assert_eq!(f(OriginErrorKind::Reset).status(), 502);
+        assert_eq!(f(OriginErrorKind::FirstByteTimeout).status(), 504);
+        assert_eq!(f(OriginErrorKind::ConnectTimeout).status(), 504);
+        assert_eq!(f(OriginErrorKind::Connect).source(), Source::Origin);
+        assert!(f(OriginErrorKind::Connect).retryable());
+        let refused = f(OriginErrorKind::Refused(
+            crate::origin::ssrf::Refusal::Private,
+        ));
+        assert_eq!(refused.status(), 502);
+        assert!(!refused.retryable());
+        assert_eq!(f(OriginErrorKind::UnknownBackend).source(), Source::Tenant);
+        assert!(!Failure::Trap("x".into()).retryable());
     }
 }

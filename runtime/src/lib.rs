@@ -8,4 +8,5 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod origin;
 pub mod sandbox;

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub sync_swaps: IntCounterVec,
     pub app_info: IntGaugeVec,
     pub registry_notifications: IntCounterVec,
+    pub backend_requests: IntCounterVec,
+    pub backend_latency: HistogramVec,
+    pub backend_connections: IntCounterVec,
 }
 
 fn plain_counter(
@@ -138,7 +141,26 @@ impl Metrics {
                 "outpost_queue_wait_seconds",
                 "Time a request waited for one of its tenant's CPU slots before its guest started",
                 &["tenant"],
+                seconds.clone(),
+            )?,
+            backend_latency: histogram(
+                &registry,
+                "outpost_backend_request_seconds",
+                "Time from sending a request to a backend to its response head (or failure)",
+                &["tenant", "backend"],
                 seconds,
+            )?,
+            backend_requests: counter(
+                &registry,
+                "outpost_backend_requests_total",
+                "Requests sent to backends (pass-through and subrequests), by the origin's status, or 502/503/504 when it failed",
+                &["tenant", "backend", "status"],
+            )?,
+            backend_connections: counter(
+                &registry,
+                "outpost_backend_connections_total",
+                "Connections opened to backends' origins (requests reuse them while they are open)",
+                &["tenant", "backend"],
             )?,
             queue_depth,
             fuel_used: counter(

@@ -22,6 +22,7 @@ use crate::bundle::layout::Layout;
 use crate::http::handler::Target;
 use crate::http::router::Router;
 use crate::metrics::Metrics;
+use crate::origin::{AppBackends, Backend, Origins};
 use crate::sandbox::assets::Assets;
 use crate::sandbox::{App, Envelope, HostChoice, Limits, Sandbox};
 
@@ -77,6 +78,7 @@ pub struct AppSlot {
     keys: Vec<VerifyingKey>,
     envelope: Arc<Envelope>,
     admission: Arc<Semaphore>,
+    backends: Arc<AppBackends>,
     current: ArcSwapOption<Version>,
     problem: Mutex<Problem>,
 }
@@ -136,6 +138,7 @@ impl AppSlot {
                 app: Arc::new(app),
                 envelope: self.envelope.clone(),
                 admission: self.admission.clone(),
+                backends: self.backends.clone(),
             }),
             digest,
             since: SystemTime::now(),
@@ -152,6 +155,7 @@ impl AppSlot {
                 app: version.target.app.clone(),
                 envelope: self.envelope.clone(),
                 admission: self.admission.clone(),
+                backends: self.backends.clone(),
             }),
             digest: version.digest.clone(),
             since: version.since,
@@ -203,6 +207,32 @@ impl AppSlot {
     pub fn host_choice(&self) -> HostChoice {
         host_choice(self.spec.host)
     }
+
+    /// Load a module for this app (blocking: may compile).
+    fn load(
+        &self,
+        sandbox: &Sandbox,
+        bytes: &[u8],
+        bundle: Option<&Verified>,
+    ) -> Result<App, String> {
+        let (args, env) = self.run_settings(bundle);
+        // The assets first: refusing a bad tar costs no compile.
+        let assets = match bundle.and_then(|v| v.assets.as_ref().map(|tar| (v, tar))) {
+            None => None,
+            Some((v, tar)) => {
+                let mount = v.config.assets_mount.as_deref().unwrap_or("/assets");
+                Some(Assets::from_tar(mount, tar.clone())?)
+            }
+        };
+        let outbound = !self.spec.backends.is_empty();
+        let app = sandbox
+            .load_outbound(&self.name, bytes, args, &env, self.host_choice(), outbound)
+            .map_err(|e| e.to_string())?;
+        match assets {
+            None => Ok(app),
+            Some(assets) => app.with_assets(assets).map_err(|e| e.to_string()),
+        }
+    }
 }
 
 struct TenantRuntime {
@@ -220,6 +250,8 @@ pub struct NodeContext {
     pub cache: Layout,
     /// `local:REPO:TAG` sources read the OCI image layout `bundles/REPO`.
     pub bundles: PathBuf,
+    /// What every backend's pool shares (the node's own listeners, never connected to).
+    pub origins: Arc<Origins>,
 }
 
 impl NodeContext {
@@ -237,6 +269,7 @@ impl NodeContext {
             );
         }
         Ok(Self {
+            origins: Arc::new(Origins::new(metrics.clone())),
             sandbox,
             metrics,
             cache,
@@ -256,23 +289,7 @@ impl NodeContext {
 
     /// Compile a verified bundle for a slot (blocking).
     pub fn load_bundle(&self, slot: &AppSlot, v: &Verified) -> Result<App, String> {
-        let (args, env) = slot.run_settings(Some(v));
-        // The assets first: refusing a bad tar costs no compile.
-        let assets = match &v.assets {
-            None => None,
-            Some(tar) => {
-                let mount = v.config.assets_mount.as_deref().unwrap_or("/assets");
-                Some(Assets::from_tar(mount, tar.clone())?)
-            }
-        };
-        let app = self
-            .sandbox
-            .load_with(&slot.name, &v.module, args, &env, slot.host_choice())
-            .map_err(|e| e.to_string())?;
-        match assets {
-            None => Ok(app),
-            Some(assets) => app.with_assets(assets).map_err(|e| e.to_string()),
-        }
+        slot.load(&self.sandbox, &v.module, Some(v))
     }
 
     /// Record that `slot` serves version `v`, so a restart serves it from the cache.
@@ -342,6 +359,8 @@ pub struct State {
     pub router: Router<Routed>,
     pub slots: Vec<Arc<AppSlot>>,
     tenants: HashMap<String, TenantRuntime>,
+    /// Each declared backend with its connection pool.
+    backends: HashMap<String, Arc<Backend>>,
 }
 
 impl State {
@@ -351,6 +370,7 @@ impl State {
             router: Router::default(),
             slots: Vec::new(),
             tenants: HashMap::new(),
+            backends: HashMap::new(),
         }
     }
 
@@ -431,6 +451,28 @@ pub fn build(config: Config, previous: &State, ctx: &NodeContext) -> State {
     }
     let caps = ctx.caps(&config);
 
+    // A backend whose entry did not change keeps its pool (and its open connections).
+    let mut backends: HashMap<String, Arc<Backend>> = HashMap::new();
+    for b in &config.backends {
+        let name = b.name.as_str().to_string();
+        let kept = previous
+            .backends
+            .get(&name)
+            .filter(|old| old.spec == *b)
+            .cloned();
+        let backend = match kept {
+            Some(old) => old,
+            None => match ctx.origins.backend(b) {
+                Ok(new) => new,
+                Err(e) => {
+                    tracing::error!(backend = %name, tenant = %b.tenant, error = %e, "backend not usable; its apps' requests to it fail with 502");
+                    continue;
+                }
+            },
+        };
+        backends.insert(name, backend);
+    }
+
     let mut slots = Vec::new();
     let mut by_name: HashMap<String, Arc<AppSlot>> = HashMap::new();
     for a in &config.apps {
@@ -439,9 +481,18 @@ pub fn build(config: Config, previous: &State, ctx: &NodeContext) -> State {
         let Some(rt) = tenants.get(&tenant) else {
             continue;
         };
+        let app_backends = AppBackends::new(
+            a.backends
+                .iter()
+                .filter_map(|b| backends.get(b.as_str()).cloned())
+                .collect(),
+        );
         let old = previous.slots.iter().find(|s| s.name == name);
         let unchanged = old.filter(|s| {
-            s.spec == *a && Arc::ptr_eq(&s.envelope, &rt.envelope) && s.keys == rt.keys
+            s.spec == *a
+                && Arc::ptr_eq(&s.envelope, &rt.envelope)
+                && s.keys == rt.keys
+                && s.backends.same_as(&app_backends)
         });
         let slot = match unchanged {
             Some(s) => s.clone(),
@@ -455,6 +506,7 @@ pub fn build(config: Config, previous: &State, ctx: &NodeContext) -> State {
                     keys: rt.keys.clone(),
                     envelope: rt.envelope.clone(),
                     admission: rt.admission.clone(),
+                    backends: Arc::new(app_backends),
                     current: ArcSwapOption::empty(),
                     problem: Mutex::new(Problem::default()),
                 });
@@ -482,6 +534,7 @@ pub fn build(config: Config, previous: &State, ctx: &NodeContext) -> State {
         router,
         slots,
         tenants,
+        backends,
     }
 }
 
@@ -493,12 +546,7 @@ fn first_version(slot: &AppSlot, old: Option<&AppSlot>, ctx: &NodeContext, caps:
     let loaded: Result<Option<(App, String)>, String> = match &slot.spec.source {
         Source::File(path) => std::fs::read(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))
-            .and_then(|bytes| {
-                let (args, env) = slot.run_settings(None);
-                ctx.sandbox
-                    .load_with(name, &bytes, args, &env, slot.host_choice())
-                    .map_err(|e| e.to_string())
-            })
+            .and_then(|bytes| slot.load(&ctx.sandbox, &bytes, None))
             .map(|app| {
                 let digest = app.digest.clone();
                 Some((app, digest))

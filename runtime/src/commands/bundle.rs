@@ -19,7 +19,7 @@ use crate::bundle::layout::Layout;
 use crate::bundle::registry::{self, Credentials};
 use crate::bundle::sign::{self, SignatureDocument};
 use crate::bundle::store::Store;
-use crate::sandbox::check::check_module;
+use crate::sandbox::check::check_module_with;
 use crate::sandbox::{HostChoice, LoadError, SandboxConfig};
 
 /// The environment variable holding registry credentials: `USER:PASSWORD`, or a docker
@@ -263,8 +263,9 @@ fn push(
     let bytes =
         std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
     // The very check the daemon's sandbox applies, so a push never publishes what no node runs.
+    // Subrequest imports pass here: whether the app may use them is the node config's say.
     let max = SandboxConfig::new(PathBuf::new()).max_module_bytes;
-    check_module(&bytes, max, HostChoice::Auto)
+    check_module_with(&bytes, max, HostChoice::Auto, true)
         .map_err(|e| anyhow!("{}: {}", module.display(), LoadError::Check(e)))?;
     let key = sign::read_key_file(key).map_err(|e| anyhow!(e))?;
     let mut env_map = BTreeMap::new();

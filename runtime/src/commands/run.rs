@@ -153,6 +153,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ..Limits::default()
     };
     let target = Arc::new(Target {
+        backends: Default::default(),
         tenant: "local".to_string(),
         app: Arc::new(app),
         envelope: Arc::new(sandbox.envelope(limits)),

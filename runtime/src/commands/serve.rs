@@ -148,6 +148,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {} (admin)", listen.admin))?;
         tracing::info!("admin listening on http://{}", admin.local_addr()?);
+        // No backend may point back at the node itself.
+        ctx.origins.own.add(admin.local_addr()?);
         listeners.spawn(crate::http::plain::serve(
             admin,
             crate::http::admin::handler(
@@ -168,6 +170,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {addr} (http)"))?;
             tracing::info!("listening on http://{}", http.local_addr()?);
+            ctx.origins.own.add(http.local_addr()?);
             let plain_limits = crate::http::plain::PlainLimits {
                 header_timeout: limits.header_timeout,
                 max_header_bytes: limits.max_header_bytes,
@@ -209,6 +212,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 "listening on https://{} (HTTP/1.1, HTTP/2)",
                 listener.local_addr()?
             );
+            ctx.origins.own.add(listener.local_addr()?);
             let alt_svc = quic_port
                 .and_then(|p| http::HeaderValue::from_str(&format!("h3=\":{p}\"; ma=86400")).ok());
             let tls = TlsListener {

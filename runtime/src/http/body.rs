@@ -1,5 +1,5 @@
-//! Bodies: the response handed to hyper or h3 (complete, or the guest's output as it streams),
-//! and the request body from any protocol.
+//! Bodies: the response handed to hyper or h3 (complete, the guest's output as it streams, or
+//! an origin's response passed through), and the request body from any protocol.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,11 +9,13 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
 use crate::error::Failure;
+use crate::origin::ProxiedBody;
 use crate::sandbox::io::BodyChunk;
 
 pub struct OutBody {
     first: Option<Bytes>,
     rest: Option<mpsc::Receiver<BodyChunk>>,
+    proxied: Option<ProxiedBody>,
 }
 
 impl OutBody {
@@ -22,6 +24,7 @@ impl OutBody {
         Self {
             first: (!bytes.is_empty()).then_some(bytes),
             rest: None,
+            proxied: None,
         }
     }
 
@@ -29,6 +32,7 @@ impl OutBody {
         Self {
             first: None,
             rest: None,
+            proxied: None,
         }
     }
 
@@ -36,6 +40,16 @@ impl OutBody {
         Self {
             first: (!first.is_empty()).then_some(first),
             rest,
+            proxied: None,
+        }
+    }
+
+    /// An origin's response body, streamed as it arrives.
+    pub fn proxied(body: ProxiedBody) -> Self {
+        Self {
+            first: None,
+            rest: None,
+            proxied: Some(body),
         }
     }
 }
@@ -50,6 +64,13 @@ impl Body for OutBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Failure>>> {
         if let Some(first) = self.first.take() {
             return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        if let Some(proxied) = self.proxied.as_mut() {
+            let polled = Pin::new(proxied).poll_frame(cx);
+            if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                self.proxied = None;
+            }
+            return polled;
         }
         let Some(rx) = self.rest.as_mut() else {
             return Poll::Ready(None);
@@ -69,10 +90,15 @@ impl Body for OutBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.rest.is_none()
+        self.first.is_none()
+            && self.rest.is_none()
+            && self.proxied.as_ref().is_none_or(|p| p.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(p) = &self.proxied {
+            return p.size_hint();
+        }
         match (&self.first, &self.rest) {
             (Some(b), None) => SizeHint::with_exact(b.len() as u64),
             (None, None) => SizeHint::with_exact(0),

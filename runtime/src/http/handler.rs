@@ -16,6 +16,7 @@ use super::body::OutBody;
 use super::router::normalize_host;
 use crate::error::{Failure, Limit};
 use crate::metrics::Metrics;
+use crate::origin::{pass, AppBackends, Forwarding, Outbound};
 use crate::sandbox::cgi::CgiRequest;
 use crate::sandbox::io::{BodyChunk, GuestInput};
 use crate::sandbox::{App, Envelope, Outcome, Request as GuestRequest, Sandbox};
@@ -27,6 +28,8 @@ pub struct Target {
     pub envelope: Arc<Envelope>,
     /// The tenant's concurrency limit (shared by all of its apps).
     pub admission: Arc<Semaphore>,
+    /// The backends the app may send requests to.
+    pub backends: Arc<AppBackends>,
 }
 
 /// What the listener knows about the connection a request came on.
@@ -235,7 +238,18 @@ where
         script_name,
     });
     drop(headers);
-    let input = feed_body(req.into_body(), limits.request_body);
+    let forwarding = Forwarding {
+        client: Some(conn.remote.ip()),
+        https: conn.https,
+        host: host.clone(),
+    };
+    let (parts, body) = req.into_parts();
+    let input = feed_body(body, limits.request_body);
+    let outbound = (!target.backends.is_empty()).then(|| Outbound {
+        backends: target.backends.clone(),
+        forwarding,
+    });
+    let forwarding = outbound.as_ref().map(|o| o.forwarding.clone());
     let active = shared.metrics.active.with_label_values(&[tenant]);
     active.inc();
     let metrics = shared.metrics.clone();
@@ -245,10 +259,11 @@ where
         target.app.digest.clone(),
         conn.protocol,
     );
-    let start_rx = shared.sandbox.dispatch(
+    let start_rx = shared.sandbox.dispatch_outbound(
         target.app.clone(),
         target.envelope.clone(),
         GuestRequest { env, input },
+        outbound,
         tokio::runtime::Handle::current(),
         move |outcome| {
             drop(permit);
@@ -260,6 +275,17 @@ where
         .await
         .unwrap_or_else(|_| Err(Failure::Internal("the worker dropped the request".into())));
     match start {
+        Ok(started) if pass::requested(&started.head) => match forwarding {
+            Some(fwd) => pass_through(shared, target, started, parts, &fwd, conn).await,
+            None => {
+                let failure = Failure::BadResponse(
+                    "X-Outpost-Backend names a backend, but the app declares none".into(),
+                );
+                tracing::info!(target: "outpost::request", tenant = %target.tenant, app = %target.app.name, failure = %failure);
+                shared.metrics.record_failure(&target.tenant, &failure);
+                error_response(&failure)
+            }
+        },
         Ok(started) => {
             let mut response = Response::new(OutBody::streaming(started.first, started.rest));
             *response.status_mut() = started.head.status;
@@ -268,6 +294,54 @@ where
         }
         Err(failure) => error_response(&failure),
     }
+}
+
+/// The guest named a backend: forward the client's request to it and stream its response.
+async fn pass_through(
+    shared: &Shared,
+    target: &Target,
+    started: crate::sandbox::io::Started,
+    parts: http::request::Parts,
+    fwd: &Forwarding,
+    conn: &ConnInfo,
+) -> Response<OutBody> {
+    let began = std::time::Instant::now();
+    let backend = started
+        .head
+        .headers
+        .get(pass::BACKEND)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let forwarded = pass::forward(
+        &target.backends,
+        started.head,
+        parts,
+        started.unread,
+        fwd,
+        target.envelope.limits.response_body,
+    )
+    .await;
+    let (status, response) = match forwarded {
+        Ok(response) => (response.status(), response.map(OutBody::proxied)),
+        Err(failure) => {
+            shared.metrics.record_failure(&target.tenant, &failure);
+            tracing::info!(
+                target: "outpost::request",
+                tenant = %target.tenant, app = %target.app.name, protocol = conn.protocol,
+                backend = %backend, status = failure.status().as_u16(),
+                retryable = failure.retryable(), failure = %failure, "pass-through failed"
+            );
+            return error_response(&failure);
+        }
+    };
+    tracing::info!(
+        target: "outpost::request",
+        tenant = %target.tenant, app = %target.app.name, protocol = conn.protocol,
+        backend = %backend, status = status.as_u16(),
+        head_us = began.elapsed().as_micros() as u64, "pass-through"
+    );
+    response
 }
 
 fn log_outcome(

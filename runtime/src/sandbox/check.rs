@@ -4,6 +4,7 @@
 
 use wasmer::wasmparser::{MemoryType, Parser, Payload, TableType, TypeRef, ValType};
 
+use super::http_v1;
 use super::wasi::{signature_of, WASI_P1};
 
 /// How the module will be hosted.
@@ -28,12 +29,20 @@ pub enum HostChoice {
 /// Import namespaces only the wasix host provides.
 const WASIX_MODULES: &[&str] = &["wasix_32v1", "wasix_64v1", "wasi"];
 
+/// Which host module an import comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportModule {
+    Wasi,
+    /// `outpost_http_v1`: subrequests to the app's backends.
+    HttpV1,
+}
+
 /// What the admission check learned about an acceptable module.
 #[derive(Debug, Clone)]
 pub struct ModuleShape {
     pub host: HostKind,
-    /// Imported WASI function names, in import order.
-    pub imports: Vec<String>,
+    /// Imported function names of the lean host, in import order.
+    pub imports: Vec<(ImportModule, String)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -67,6 +76,10 @@ pub enum CheckError {
     },
     #[error("uses {0}, which outpost does not run: a request runs on one thread with one linear memory of at most its tenant's memory limit; rebuild the module without it")]
     Unsupported(&'static str),
+    #[error("imports `outpost_http_v1`.`{0}`, but the app declares no backends; list the backends it may reach in its [[app]] entry (backends = [\"NAME\"])")]
+    UndeclaredOutbound(String),
+    #[error("imports `outpost_http_v1`.`{0}` and needs the wasix host; subrequests are provided on the lean host only")]
+    OutboundNeedsLean(String),
     #[error("imports a {kind} `{module}`.`{name}`; outpost provides only functions")]
     NonFunctionImport {
         kind: &'static str,
@@ -112,12 +125,23 @@ fn check_table(ty: &TableType) -> Result<(), CheckError> {
     Ok(())
 }
 
-/// Check a module's bytes. Cheap: it reads section headers, the type and import sections and
-/// the export names; function bodies are left to the compiler's validation.
+/// Check a module's bytes for an app that declares no backends.
 pub fn check_module(
     bytes: &[u8],
     max_size: usize,
     choice: HostChoice,
+) -> Result<ModuleShape, CheckError> {
+    check_module_with(bytes, max_size, choice, false)
+}
+
+/// Check a module's bytes. Cheap: it reads section headers, the type and import sections and
+/// the export names; function bodies are left to the compiler's validation. `outbound`: the
+/// app declares backends, so it may import `outpost_http_v1`.
+pub fn check_module_with(
+    bytes: &[u8],
+    max_size: usize,
+    choice: HostChoice,
+    outbound: bool,
 ) -> Result<ModuleShape, CheckError> {
     if bytes.is_empty() {
         return Err(CheckError::Empty);
@@ -138,6 +162,7 @@ pub fn check_module(
     let mut saw_end = false;
     let mut needs_wasix: Option<(String, String)> = None;
     let mut memories = 0u32;
+    let mut http_import: Option<String> = None;
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(malformed)? {
             Payload::Version {
@@ -202,13 +227,25 @@ pub fn check_module(
                         needs_wasix.get_or_insert((module, name));
                         continue;
                     }
-                    if module != WASI_MODULE {
+                    let (kind, wanted) = if module == http_v1::MODULE {
+                        if !outbound {
+                            return Err(CheckError::UndeclaredOutbound(name));
+                        }
+                        let Some(sig) = http_v1::signature_of(&name) else {
+                            return Err(CheckError::ForeignImport { module, name });
+                        };
+                        http_import.get_or_insert(name.clone());
+                        (ImportModule::HttpV1, sig)
+                    } else if module == WASI_MODULE {
+                        let Some(sig) = signature_of(&name) else {
+                            needs_wasix.get_or_insert((module, name));
+                            continue;
+                        };
+                        (ImportModule::Wasi, sig)
+                    } else {
                         return Err(CheckError::ForeignImport { module, name });
-                    }
-                    let Some((want_params, want_results)) = signature_of(&name) else {
-                        needs_wasix.get_or_insert((module, name));
-                        continue;
                     };
+                    let (want_params, want_results) = wanted;
                     let (params, results) = types.get(type_index as usize).ok_or_else(|| {
                         CheckError::Malformed(format!(
                             "import {name} names unknown type {type_index}"
@@ -224,7 +261,7 @@ pub fn check_module(
                             expected: sig_string(&want_params, &want_results),
                         });
                     }
-                    imports.push(name);
+                    imports.push((kind, name));
                 }
             }
             Payload::MemorySection(reader) => {
@@ -265,7 +302,9 @@ pub fn check_module(
     if !has_start {
         return Err(CheckError::NoStart);
     }
-    debug_assert!(imports.iter().all(|n| WASI_P1.iter().any(|f| f.0 == n)));
+    debug_assert!(imports
+        .iter()
+        .all(|(m, n)| *m == ImportModule::HttpV1 || WASI_P1.iter().any(|f| f.0 == n)));
     let host = match (choice, needs_wasix) {
         (HostChoice::Lean, Some((module, name))) => {
             return Err(CheckError::NeedsWasix { module, name })
@@ -273,6 +312,9 @@ pub fn check_module(
         (HostChoice::Lean, None) | (HostChoice::Auto, None) => HostKind::Lean,
         (HostChoice::Wasix, _) | (HostChoice::Auto, Some(_)) => HostKind::Wasix,
     };
+    if let (HostKind::Wasix, Some(name)) = (host, http_import) {
+        return Err(CheckError::OutboundNeedsLean(name));
+    }
     Ok(ModuleShape { host, imports })
 }
 
@@ -346,5 +388,40 @@ mod tests {
         );
         let err = check_module(&wrong, 1 << 20, HostChoice::Auto).unwrap_err();
         assert!(err.to_string().contains("fd_write"), "{err}");
+    }
+
+    #[test]
+    fn subrequest_imports_need_declared_backends_and_the_lean_host() {
+        let fetcher = wat(
+            r#"(module (import "outpost_http_v1" "send" (func (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32))) (memory (export "memory") 1) (func (export "_start")))"#,
+        );
+        assert_eq!(
+            check_module(&fetcher, 1 << 20, HostChoice::Auto).unwrap_err(),
+            CheckError::UndeclaredOutbound("send".into())
+        );
+        let shape = check_module_with(&fetcher, 1 << 20, HostChoice::Auto, true).expect("declared");
+        assert_eq!(shape.host, HostKind::Lean);
+        assert_eq!(
+            shape.imports,
+            vec![(ImportModule::HttpV1, "send".to_string())]
+        );
+        assert_eq!(
+            check_module_with(&fetcher, 1 << 20, HostChoice::Wasix, true).unwrap_err(),
+            CheckError::OutboundNeedsLean("send".into())
+        );
+        let wrong = wat(
+            r#"(module (import "outpost_http_v1" "send" (func (param i32) (result i32))) (func (export "_start")))"#,
+        );
+        assert!(matches!(
+            check_module_with(&wrong, 1 << 20, HostChoice::Auto, true).unwrap_err(),
+            CheckError::WrongSignature { .. }
+        ));
+        let unknown = wat(
+            r#"(module (import "outpost_http_v1" "connect_anywhere" (func (param i32) (result i32))) (func (export "_start")))"#,
+        );
+        assert!(matches!(
+            check_module_with(&unknown, 1 << 20, HostChoice::Auto, true).unwrap_err(),
+            CheckError::ForeignImport { .. }
+        ));
     }
 }

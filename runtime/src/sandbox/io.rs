@@ -46,7 +46,7 @@ impl From<Failure> for HostStop {
 
 /// Wait for `fut` on the async runtime until the deadline, without holding a CPU slot (see
 /// `scheduler::blocking`): the guest is idle, other requests of its tenant may run meanwhile.
-fn wait_for<F: std::future::Future>(
+pub(super) fn wait_for<F: std::future::Future>(
     handle: &Handle,
     deadline: Instant,
     fut: F,
@@ -72,6 +72,9 @@ pub struct Started {
     pub first: Bytes,
     /// The rest of the body; `None` when the guest had already finished (`first` is all).
     pub rest: Option<mpsc::Receiver<BodyChunk>>,
+    /// The request body, when the guest finished without reading any of it (a pass-through
+    /// forwards it).
+    pub unread: Option<GuestInput>,
 }
 
 /// The request body as the guest reads it from stdin.
@@ -79,6 +82,8 @@ pub struct Started {
 pub struct GuestInput {
     current: Bytes,
     source: Option<mpsc::Receiver<BodyChunk>>,
+    /// Whether the guest read any of it.
+    consumed: bool,
 }
 
 impl GuestInput {
@@ -87,6 +92,7 @@ impl GuestInput {
         Self {
             current: body,
             source: None,
+            consumed: false,
         }
     }
 
@@ -95,6 +101,7 @@ impl GuestInput {
         Self {
             current: Bytes::new(),
             source: Some(rx),
+            consumed: false,
         }
     }
 
@@ -139,7 +146,21 @@ impl GuestInput {
             }
         }
         let n = max.min(self.current.len());
+        self.consumed |= n > 0;
         Ok(self.current.split_to(n))
+    }
+
+    pub fn consumed(&self) -> bool {
+        self.consumed
+    }
+
+    /// The body as an origin request's body, from where the guest left it.
+    pub fn into_origin_body(self) -> crate::origin::OriginBody {
+        let first = (!self.current.is_empty()).then_some(self.current);
+        match self.source {
+            Some(rest) => crate::origin::OriginBody::Stream { first, rest },
+            None => crate::origin::OriginBody::Full(first),
+        }
     }
 }
 
@@ -168,6 +189,8 @@ pub struct GuestOutput {
     never_wait: bool,
     /// The status the client was sent (the guest's, or a failure's).
     status: Option<http::StatusCode>,
+    /// The request body handed back by the host when the guest ended without reading it.
+    unread: Option<GuestInput>,
 }
 
 impl GuestOutput {
@@ -184,6 +207,7 @@ impl GuestOutput {
             body_cap,
             never_wait: false,
             status: None,
+            unread: None,
         };
         (out, start_rx)
     }
@@ -248,6 +272,7 @@ impl GuestOutput {
                     head,
                     first,
                     rest: Some(rx),
+                    unread: None,
                 }))?;
                 self.body_tx = Some(tx);
                 self.state = OutState::Streaming;
@@ -342,6 +367,14 @@ impl GuestOutput {
         }
     }
 
+    /// The guest has ended: give the request body back, if it read none of it, to go with a
+    /// response that has not started yet.
+    pub fn hand_back(&mut self, input: GuestInput) {
+        if !input.consumed {
+            self.unread = Some(input);
+        }
+    }
+
     /// The guest ended normally: complete the response, or say why it is not one.
     pub fn finish(&mut self, handle: &Handle, deadline: Instant) -> Result<(), Failure> {
         // The guest is gone: the rest may wait for the client, up to the deadline.
@@ -353,10 +386,12 @@ impl GuestOutput {
             }
             OutState::Parsed(head) => {
                 let first = self.take_pending();
+                let unread = self.unread.take();
                 self.start(Ok(Started {
                     head,
                     first,
                     rest: None,
+                    unread,
                 }))
                 .map_err(|_| Failure::ClientGone)
             }

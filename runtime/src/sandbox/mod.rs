@@ -9,6 +9,7 @@ pub mod assets;
 pub mod cache;
 pub mod cgi;
 pub mod check;
+pub mod http_v1;
 pub mod io;
 pub mod memory;
 pub mod metering;
@@ -31,9 +32,10 @@ use wasmer::{
 use wasmer_types::{CompilationProgressCallback, TrapCode, UserAbort};
 
 use crate::error::{Failure, Limit};
+use crate::origin::Outbound;
 use cache::ArtifactCache;
 use cgi::{CgiRequest, EnvBlock};
-use check::{check_module, CheckError};
+use check::{check_module_with, CheckError, ImportModule};
 pub use check::{HostChoice, HostKind};
 use io::{GuestInput, GuestOutput, HostStop, Started, StderrBuf};
 use memory::{BudgetScope, CappedTunables, InstanceBudget, MemoryPool};
@@ -374,18 +376,36 @@ impl Sandbox {
         env: &[(String, String)],
         host: HostChoice,
     ) -> Result<App, LoadError> {
+        self.load_outbound(name, bytes, args, env, host, false)
+    }
+
+    /// `load_with`, for an app that declares backends (`outbound`) or not: only the former
+    /// may import `outpost_http_v1`.
+    pub fn load_outbound(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        args: Vec<String>,
+        env: &[(String, String)],
+        host: HostChoice,
+        outbound: bool,
+    ) -> Result<App, LoadError> {
         let started = Instant::now();
-        let shape = check_module(bytes, self.config.max_module_bytes, host)?;
+        let shape = check_module_with(bytes, self.config.max_module_bytes, host, outbound)?;
         let lean_imports = match shape.host {
             HostKind::Lean => shape.imports.as_slice(),
             HostKind::Wasix => &[],
         };
         let link = lean_imports
             .iter()
-            .map(|name| {
-                wasi::constructor(name).ok_or_else(|| {
+            .map(|(module, name)| {
+                let ctor = match module {
+                    ImportModule::Wasi => wasi::constructor(name),
+                    ImportModule::HttpV1 => http_v1::constructor(name),
+                };
+                ctor.ok_or_else(|| {
                     LoadError::Check(CheckError::ForeignImport {
-                        module: "wasi_snapshot_preview1".into(),
+                        module: format!("{module:?}"),
                         name: name.clone(),
                     })
                 })
@@ -485,6 +505,19 @@ impl Sandbox {
         handle: Handle,
         on_done: impl FnOnce(Outcome) + Send + 'static,
     ) -> oneshot::Receiver<Result<Started, Failure>> {
+        self.dispatch_outbound(app, envelope, request, None, handle, on_done)
+    }
+
+    /// `dispatch`, for an app that may send subrequests to its backends.
+    pub fn dispatch_outbound(
+        self: &Arc<Self>,
+        app: Arc<App>,
+        envelope: Arc<Envelope>,
+        request: Request,
+        outbound: Option<Outbound>,
+        handle: Handle,
+        on_done: impl FnOnce(Outcome) + Send + 'static,
+    ) -> oneshot::Receiver<Result<Started, Failure>> {
         let (mut output, start_rx) = GuestOutput::new(envelope.limits.response_body);
         let sandbox = self.clone();
         let lane = envelope.lane.clone();
@@ -494,7 +527,7 @@ impl Sandbox {
                 let refused = match start {
                     scheduler::Start::Run(queued) => {
                         let mut outcome =
-                            sandbox.run_here(&app, &envelope, request, output, handle);
+                            sandbox.run_with(&app, &envelope, request, outbound, output, handle);
                         outcome.queued = queued;
                         return on_done(outcome);
                     }
@@ -521,6 +554,18 @@ impl Sandbox {
         output: GuestOutput,
         handle: Handle,
     ) -> Outcome {
+        self.run_with(app, envelope, request, None, output, handle)
+    }
+
+    fn run_with(
+        &self,
+        app: &App,
+        envelope: &Envelope,
+        request: Request,
+        outbound: Option<Outbound>,
+        output: GuestOutput,
+        handle: Handle,
+    ) -> Outcome {
         let started = Instant::now();
         let deadline = started + envelope.limits.timeout;
         let env = request.env;
@@ -529,6 +574,7 @@ impl Sandbox {
             deadline,
             handle: &handle,
             envelope,
+            outbound,
         };
         match app.host {
             HostKind::Lean => self.run_lean(app, run, env, request.input, output),
@@ -539,7 +585,7 @@ impl Sandbox {
     fn run_lean(
         &self,
         app: &App,
-        run: Run<'_>,
+        mut run: Run<'_>,
         env: EnvBlock,
         input: GuestInput,
         output: GuestOutput,
@@ -560,6 +606,10 @@ impl Sandbox {
             run.handle.clone(),
         );
         state.fs = app.assets.clone().map(wasi::GuestFs::new);
+        state.outbound = run
+            .outbound
+            .take()
+            .map(|o| http_v1::Subrequests::new(o, limits.request_body, limits.response_body));
         let func_env = FunctionEnv::new(&mut store, state);
         let externs: Vec<Extern> = app
             .link
@@ -584,6 +634,10 @@ impl Sandbox {
         func_env.as_mut(&mut store).memory = guest_memory(&instance);
         let ran = self.call_start(&mut store, &instance, &run, guard);
         let state = func_env.as_mut(&mut store);
+        // Open subrequests end with the guest (their connections go back to the pool or close).
+        state.outbound = None;
+        let input = std::mem::replace(&mut state.input, GuestInput::fixed(bytes::Bytes::new()));
+        state.output.hand_back(input);
         let failure = settle(&mut state.output, ran.failure.clone(), &run);
         let status = state.output.status();
         let stderr = std::mem::take(&mut state.stderr);
@@ -607,6 +661,8 @@ impl Sandbox {
                 return run.failed_early(failure);
             }
         };
+        // The wasix guest reads stdin from its own pipe; a pass-through forwards the whole body.
+        let unread = body.clone();
         let prepared = wasix::prepare(
             &self.wasix,
             &app.name,
@@ -655,6 +711,7 @@ impl Sandbox {
             return run.failed_early(Failure::Internal("stdio lock poisoned".into()));
         };
         let stdio = &mut *stdio;
+        stdio.output.hand_back(GuestInput::fixed(unread));
         let failure = stdio.failure.take().or(ran.failure.clone());
         let failure = settle(&mut stdio.output, failure, &run);
         let status = stdio.output.status();
@@ -732,6 +789,7 @@ struct Run<'a> {
     deadline: Instant,
     handle: &'a Handle,
     envelope: &'a Envelope,
+    outbound: Option<Outbound>,
 }
 
 /// What running `_start` did.

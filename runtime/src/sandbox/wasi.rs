@@ -103,6 +103,8 @@ pub struct HostState {
     pub handle: Handle,
     /// The app's assets, when its bundle has them.
     pub fs: Option<GuestFs>,
+    /// The app's subrequests (`outpost_http_v1`), when it declares backends.
+    pub outbound: Option<super::http_v1::Subrequests>,
     scratch: Vec<u8>,
 }
 
@@ -128,6 +130,7 @@ impl HostState {
             started: Instant::now(),
             handle,
             fs: None,
+            outbound: None,
             scratch: Vec::new(),
         }
     }
