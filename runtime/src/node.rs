@@ -258,7 +258,17 @@ impl NodeContext {
         let (args, env) = slot.run_settings(Some(v));
         self.sandbox
             .load_with(&slot.name, &v.module, args, &env, slot.host_choice())
+            .map(|app| self.counted(app))
             .map_err(|e| e.to_string())
+    }
+
+    /// A loaded module, counted in `outpost_module_loads_total` by where its code came from.
+    fn counted(&self, app: App) -> App {
+        self.metrics
+            .module_loads
+            .with_label_values(&[app.source.label()])
+            .inc();
+        app
     }
 
     /// Record that `slot` serves version `v`, so a restart serves it from the cache.
@@ -483,6 +493,7 @@ fn first_version(slot: &AppSlot, old: Option<&AppSlot>, ctx: &NodeContext, caps:
                 let (args, env) = slot.run_settings(None);
                 ctx.sandbox
                     .load_with(name, &bytes, args, &env, slot.host_choice())
+                    .map(|app| ctx.counted(app))
                     .map_err(|e| e.to_string())
             })
             .map(|app| {

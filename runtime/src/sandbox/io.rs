@@ -79,6 +79,9 @@ pub struct Started {
 pub struct GuestInput {
     current: Bytes,
     source: Option<mpsc::Receiver<BodyChunk>>,
+    /// Why the body was cut short, once `ready` has taken it off the channel: the next read
+    /// stops the guest with it (never an end of body the guest would take as complete).
+    failed: Option<Failure>,
 }
 
 impl GuestInput {
@@ -87,6 +90,7 @@ impl GuestInput {
         Self {
             current: body,
             source: None,
+            failed: None,
         }
     }
 
@@ -95,6 +99,7 @@ impl GuestInput {
         Self {
             current: Bytes::new(),
             source: Some(rx),
+            failed: None,
         }
     }
 
@@ -106,6 +111,10 @@ impl GuestInput {
         match self.source.as_mut().map(|rx| rx.try_recv()) {
             Some(Ok(Ok(chunk))) => {
                 self.current = chunk;
+                true
+            }
+            Some(Ok(Err(failure))) => {
+                self.failed = Some(failure);
                 true
             }
             Some(Err(mpsc::error::TryRecvError::Empty)) => false,
@@ -121,6 +130,9 @@ impl GuestInput {
         deadline: Instant,
     ) -> Result<Bytes, HostStop> {
         while self.current.is_empty() {
+            if let Some(failure) = self.failed.take() {
+                return Err(failure.into());
+            }
             let Some(rx) = self.source.as_mut() else {
                 return Ok(Bytes::new());
             };
