@@ -71,9 +71,6 @@ impl TlsListener {
                 self.handler.clone(),
                 self.metrics.clone(),
             );
-            let lingering = second_handle(&stream);
-            // Holds the drain open until the connection has lingered too.
-            let drain_until_closed = graceful.watcher();
             let (builder, graceful, alt_svc, header_timeout) = (
                 builder.clone(),
                 graceful.watcher(),
@@ -120,10 +117,6 @@ impl TlsListener {
                 if let Err(e) = graceful.watch(connection).await {
                     tracing::debug!(%remote, error = %e, "connection ended with an error");
                 }
-                if let Some(socket) = lingering {
-                    linger(socket).await;
-                }
-                drop(drain_until_closed);
             });
         }
         drop(self.listener);
@@ -134,35 +127,4 @@ impl TlsListener {
             tracing::warn!("TLS connections still open after {drain:?}; closing them");
         }
     }
-}
-
-/// How long a finished connection keeps reading (and discarding) what the client still sends
-/// after its last response, before the socket is closed.
-const LINGER: Duration = Duration::from_secs(1);
-
-/// A second descriptor on a connection's socket, so that it outlives the TLS stream hyper
-/// drops when the connection ends: see `linger`.
-fn second_handle(stream: &tokio::net::TcpStream) -> Option<tokio::net::TcpStream> {
-    use std::os::fd::AsFd;
-    let fd = stream.as_fd().try_clone_to_owned().ok()?;
-    tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd)).ok()
-}
-
-/// Close a finished connection the way that lets the client read all of it: end the sending
-/// side (FIN after the data already written), then discard what the client still sends until
-/// it closes or `LINGER` passes. Closing a socket with unread input instead resets it, and a
-/// reset can destroy response bytes the client had not read yet: the end of a body drained on
-/// SIGTERM, or a 431 sent while the client was still writing its oversized head.
-async fn linger(mut socket: tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = socket.shutdown().await;
-    let mut scratch = [0u8; 4096];
-    let _ = tokio::time::timeout(LINGER, async {
-        while let Ok(n) = socket.read(&mut scratch).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
 }
