@@ -290,6 +290,16 @@ impl NodeContext {
     /// Compile a verified bundle for a slot (blocking).
     pub fn load_bundle(&self, slot: &AppSlot, v: &Verified) -> Result<App, String> {
         slot.load(&self.sandbox, &v.module, Some(v))
+            .map(|app| self.counted(app))
+    }
+
+    /// A loaded module, counted in `outpost_module_loads_total` by where its code came from.
+    fn counted(&self, app: App) -> App {
+        self.metrics
+            .module_loads
+            .with_label_values(&[app.source.label()])
+            .inc();
+        app
     }
 
     /// Record that `slot` serves version `v`, so a restart serves it from the cache.
@@ -547,6 +557,7 @@ fn first_version(slot: &AppSlot, old: Option<&AppSlot>, ctx: &NodeContext, caps:
         Source::File(path) => std::fs::read(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))
             .and_then(|bytes| slot.load(&ctx.sandbox, &bytes, None))
+            .map(|app| ctx.counted(app))
             .map(|app| {
                 let digest = app.digest.clone();
                 Some((app, digest))

@@ -71,10 +71,18 @@ impl QuicListener {
                         return;
                     }
                 };
+                // Counted like the TCP listeners' handshakes (docs/operations.md).
                 let conn = match tokio::time::timeout(limits.header_timeout, connecting).await {
-                    Ok(Ok(conn)) => conn,
-                    _ => {
+                    Ok(Ok(conn)) => {
+                        metrics.tls_handshakes.with_label_values(&["ok"]).inc();
+                        conn
+                    }
+                    Ok(Err(_)) => {
                         metrics.tls_handshakes.with_label_values(&["error"]).inc();
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.tls_handshakes.with_label_values(&["timeout"]).inc();
                         return;
                     }
                 };
@@ -107,6 +115,9 @@ async fn serve_connection(
 ) {
     let mut builder = h3::server::builder();
     builder.max_field_section_size(limits.max_header_bytes as u64);
+    // Kept to wait for the client after a drain: dropping the last handle closes the
+    // connection at once, abandoning response data the client has not acknowledged yet.
+    let quic = conn.clone();
     let mut h3conn = match builder.build(h3_quinn::Connection::new(conn)).await {
         Ok(c) => c,
         Err(e) => {
@@ -115,6 +126,7 @@ async fn serve_connection(
         }
     };
     let mut requests = Tasks::default();
+    let mut draining = false;
     loop {
         let stopping = async {
             let _ = stop.wait_for(|s| *s).await;
@@ -124,6 +136,7 @@ async fn serve_connection(
             _ = stopping => {
                 // GOAWAY: no new requests; those already accepted finish below.
                 let _ = h3conn.shutdown(0).await;
+                draining = true;
                 break;
             }
         };
@@ -145,6 +158,11 @@ async fn serve_connection(
         }
     }
     requests.finish().await;
+    if draining {
+        // The responses are written; the client closes once it has them all (it was sent
+        // GOAWAY). The idle timeout bounds a client that does not.
+        let _ = tokio::time::timeout(limits.idle_timeout, quic.closed()).await;
+    }
 }
 
 /// Tasks that must finish before their owner does (a connection's requests, a listener's

@@ -84,6 +84,9 @@ pub struct GuestInput {
     source: Option<mpsc::Receiver<BodyChunk>>,
     /// Whether the guest read any of it.
     consumed: bool,
+    /// Why the body was cut short, once `ready` has taken it off the channel: the next read
+    /// stops the guest with it (never an end of body the guest would take as complete).
+    failed: Option<Failure>,
 }
 
 impl GuestInput {
@@ -93,6 +96,7 @@ impl GuestInput {
             current: body,
             source: None,
             consumed: false,
+            failed: None,
         }
     }
 
@@ -102,6 +106,7 @@ impl GuestInput {
             current: Bytes::new(),
             source: Some(rx),
             consumed: false,
+            failed: None,
         }
     }
 
@@ -113,6 +118,10 @@ impl GuestInput {
         match self.source.as_mut().map(|rx| rx.try_recv()) {
             Some(Ok(Ok(chunk))) => {
                 self.current = chunk;
+                true
+            }
+            Some(Ok(Err(failure))) => {
+                self.failed = Some(failure);
                 true
             }
             Some(Err(mpsc::error::TryRecvError::Empty)) => false,
@@ -128,6 +137,9 @@ impl GuestInput {
         deadline: Instant,
     ) -> Result<Bytes, HostStop> {
         while self.current.is_empty() {
+            if let Some(failure) = self.failed.take() {
+                return Err(failure.into());
+            }
             let Some(rx) = self.source.as_mut() else {
                 return Ok(Bytes::new());
             };
@@ -157,6 +169,12 @@ impl GuestInput {
     /// The body as an origin request's body, from where the guest left it.
     pub fn into_origin_body(self) -> crate::origin::OriginBody {
         let first = (!self.current.is_empty()).then_some(self.current);
+        if let Some(failure) = self.failed {
+            // The body was cut short: the origin must see it fail, never a complete body.
+            let (tx, rest) = mpsc::channel(1);
+            let _ = tx.try_send(Err(failure));
+            return crate::origin::OriginBody::Stream { first, rest };
+        }
         match self.source {
             Some(rest) => crate::origin::OriginBody::Stream { first, rest },
             None => crate::origin::OriginBody::Full(first),

@@ -986,11 +986,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Propagation from a push to three nodes serving it, 20 pushes, with notifications and with
-/// a 1 s poll only; figures for docs/benchmarks.md. Run with
-/// `cargo test -p outpost --test all -- --ignored bundle_propagation --nocapture`.
-#[test]
-#[ignore]
-fn bundle_propagation_benchmark() {
+/// a 1 s poll only; figures for docs/benchmarks.md. Not a test: the benchmark
+/// runtime/benches/propagation.rs runs it, with
+/// `cargo bench -p outpost --profile dev --bench propagation`.
+#[cfg_attr(test, allow(dead_code))]
+pub fn bundle_propagation_benchmark() {
     for notify in [true, false] {
         let dir = TempDir::new("bundle-bench");
         let (acme_key, acme_pub) = keygen(&dir, "acme");

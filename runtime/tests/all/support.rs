@@ -163,7 +163,11 @@ pub fn wat_guest(name: &str) -> PathBuf {
     bytes.hash(&mut h);
     let out = guest_out_dir().join(format!("{name}-{:016x}.wasm", h.finish()));
     if !out.exists() {
-        let tmp = out.with_extension(format!("{}.tmp", std::process::id()));
+        // A temporary name of this writer's own: two tests of one run may assemble the same
+        // fixture at once.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tmp = out.with_extension(format!("{}-{n}.tmp", std::process::id()));
         std::fs::write(&tmp, &*bytes).expect("write wasm");
         std::fs::rename(&tmp, &out).expect("rename wasm");
     }
@@ -233,6 +237,17 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // Killed with the test thread that started it, even when the test binary is killed and
+        // no drop runs: an orphaned daemon would keep ports, files and inherited descriptors
+        // (a build lock's among them).
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let mut child = cmd.spawn().expect("start outpost");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -396,6 +411,32 @@ pub fn curl(url: &str, extra: &[&str]) -> Reply {
         curl_exit: out.status.code().unwrap_or(-1),
         elapsed,
     }
+}
+
+/// `count` requests to `url` from one curl, `parallel` at a time: each one's status (0 for a
+/// transfer that failed), in completion order.
+pub fn curl_parallel(url: &str, count: usize, parallel: usize) -> Vec<u16> {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "60",
+        "--parallel",
+        "--parallel-immediate",
+    ])
+    .arg("--parallel-max")
+    .arg(parallel.to_string())
+    .args(["-w", "%{http_code}\\n"]);
+    for _ in 0..count {
+        cmd.args(["-o", "/dev/null", url]);
+    }
+    let out = cmd
+        .output()
+        .expect("curl must be installed (scripts/test installs it)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or(0))
+        .collect()
 }
 
 /// Write a file the way an operator's editor does: a temporary file, then a rename.

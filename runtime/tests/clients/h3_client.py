@@ -3,10 +3,14 @@
 
     h3_client.py --connect 127.0.0.1:PORT --url https://HOST/PATH --cacert CA.pem
                  [--method POST] [--data-file FILE] [--out FILE] [--repeat N --parallel P]
+                 [--rounds R] [--stream-body] [--header "NAME: VALUE"]...
 
 Prints one JSON line: {"status": N, "headers": [[name, value], ...], "bytes": N}; the body
 goes to --out. With --repeat, sends N requests over the one connection, P at a time, and also
 prints "statuses": {"200": count, ...} (status, headers and body are the last request's).
+With --rounds R (R > 1), sends R such batches on the one connection: after each it prints
+{"round": K, "statuses": {...}} and waits for a line on stdin before going on, so a test can
+look at the server while the connection is open.
 Exits non-zero if a request fails or the certificate does not verify.
 """
 import argparse
@@ -28,6 +32,7 @@ class Client(QuicConnectionProtocol):
         self.http = H3Connection(self._quic)
         self.done = {}
         self.events = {}
+        self.extra_headers = []
 
     def quic_event_received(self, event):
         for ev in self.http.handle_event(event):
@@ -36,7 +41,7 @@ class Client(QuicConnectionProtocol):
                 if ev.stream_ended and ev.stream_id in self.done:
                     self.done.pop(ev.stream_id).set_result(self.events.pop(ev.stream_id))
 
-    async def request(self, method, authority, path, body):
+    async def request(self, method, authority, path, body, streamed=False):
         sid = self._quic.get_next_available_stream_id()
         headers = [
             (b":method", method.encode()),
@@ -44,13 +49,20 @@ class Client(QuicConnectionProtocol):
             (b":authority", authority.encode()),
             (b":path", path.encode()),
             (b"user-agent", b"aioquic-h3-test"),
-        ]
-        if body:
+        ] + self.extra_headers
+        if body and not streamed:
             headers.append((b"content-length", str(len(body)).encode()))
         waiter = self._loop.create_future()
         self.done[sid] = waiter
         self.http.send_headers(sid, headers, end_stream=not body)
-        if body:
+        if body and streamed:
+            # No length declared; the body goes in 512-byte DATA frames, a turn apart.
+            for at in range(0, len(body), 512):
+                last = at + 512 >= len(body)
+                self.http.send_data(sid, body[at : at + 512], end_stream=last)
+                self.transmit()
+                await asyncio.sleep(0)
+        elif body:
             self.http.send_data(sid, body, end_stream=True)
         self.transmit()
         return await waiter
@@ -67,6 +79,9 @@ async def main(args):
         path += "?" + url.query
     statuses = {}
     async with connect(host.strip("[]"), int(port), configuration=config, create_protocol=Client) as client:
+        for header in args.header:
+            name, value = header.split(":", 1)
+            client.extra_headers.append((name.strip().lower().encode(), value.strip().encode()))
         left = args.repeat
 
         async def one():
@@ -74,13 +89,21 @@ async def main(args):
             events = []
             while left > 0:
                 left -= 1
-                events = await asyncio.wait_for(client.request(args.method, url.netloc, path, body), args.timeout)
+                events = await asyncio.wait_for(client.request(args.method, url.netloc, path, body, args.stream_body), args.timeout)
                 code = next((v.decode() for ev in events if isinstance(ev, HeadersReceived) for k, v in ev.headers if k == b":status"), "none")
                 statuses[code] = statuses.get(code, 0) + 1
             return events
 
-        results = await asyncio.gather(*(one() for _ in range(max(1, args.parallel))))
-        events = next((r for r in results if r), [])
+        for round in range(1, max(1, args.rounds) + 1):
+            left = args.repeat
+            results = await asyncio.gather(*(one() for _ in range(max(1, args.parallel))))
+            events = next((r for r in results if r), [])
+            if args.rounds > 1:
+                print(json.dumps({"round": round, "statuses": statuses}), flush=True)
+                statuses = {}
+                line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+                if not line:
+                    raise RuntimeError("stdin closed between rounds")
     status, headers, data = 0, [], bytearray()
     for ev in events:
         if isinstance(ev, HeadersReceived):
@@ -111,6 +134,9 @@ if __name__ == "__main__":
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--parallel", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--header", action="append", default=[], help="NAME: VALUE, sent on every request")
+    p.add_argument("--stream-body", action="store_true", help="send the body without a content-length")
     try:
         asyncio.run(main(p.parse_args()))
     except Exception as e:  # any failure is a failed request for the test

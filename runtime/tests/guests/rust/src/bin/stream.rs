@@ -1,5 +1,6 @@
 //! Streams: writes a first line, sleeps, then a second, so a client can see the response start
-//! before the guest ends. `?sleep=MS` sets the pause (default 1500).
+//! before the guest ends. `?sleep=MS` sets the pause (default 1500). With `CONFIG` in its
+//! environment (an app variable), the second line names it: "second CONFIG".
 use std::io::Write;
 use std::time::Duration;
 
@@ -13,6 +14,13 @@ fn main() {
     let _ = write!(out, "Content-Type: text/plain\r\n\r\nfirst\n");
     let _ = out.flush();
     std::thread::sleep(Duration::from_millis(ms));
-    let _ = write!(out, "second\n");
+    match std::env::var("CONFIG") {
+        Ok(config) => {
+            let _ = writeln!(out, "second {config}");
+        }
+        Err(_) => {
+            let _ = writeln!(out, "second");
+        }
+    }
     let _ = out.flush();
 }
