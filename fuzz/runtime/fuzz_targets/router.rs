@@ -50,7 +50,11 @@ fuzz_target!(|data: &[u8]| {
                 assert!(h.matches(&host), "{host} routed to {h}");
                 assert!(p.matches(path), "{path} routed to {}", p.as_str());
                 assert_eq!(prefix.as_str(), p.as_str());
-                assert_eq!(Some(rank(h, p)), best, "{host}{path}: a better route exists");
+                assert_eq!(
+                    Some(rank(h, p)),
+                    best,
+                    "{host}{path}: a better route exists"
+                );
             }
             None => assert_eq!(best, None, "{host}{path}: a matching route was missed"),
         }

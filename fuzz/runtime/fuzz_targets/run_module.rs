@@ -59,8 +59,12 @@ fn world() -> &'static World {
                 .build()
                 .expect("runtime"),
             data,
-            imports: wasmer::wat2wasm(IMPORTS.as_bytes()).expect("imports").into_owned(),
-            exports: wasmer::wat2wasm(EXPORTS.as_bytes()).expect("exports").into_owned(),
+            imports: wasmer::wat2wasm(IMPORTS.as_bytes())
+                .expect("imports")
+                .into_owned(),
+            exports: wasmer::wat2wasm(EXPORTS.as_bytes())
+                .expect("exports")
+                .into_owned(),
         }
     })
 }
@@ -95,15 +99,19 @@ fuzz_target!(|data: &[u8]| {
         input: GuestInput::fixed(bytes::Bytes::from_static(b"body")),
     };
     let started = Instant::now();
-    let outcome =
-        w.sandbox
-            .run_here(&app, &w.envelope, request, output, w.rt.handle().clone());
+    let outcome = w
+        .sandbox
+        .run_here(&app, &w.envelope, request, output, w.rt.handle().clone());
     let took = started.elapsed();
     assert!(
         took < TIMEOUT + Duration::from_secs(1),
         "a module ran {took:?}, past its {TIMEOUT:?} deadline"
     );
-    assert!(outcome.fuel_used <= LIMITS_FUEL, "fuel {}", outcome.fuel_used);
+    assert!(
+        outcome.fuel_used <= LIMITS_FUEL,
+        "fuel {}",
+        outcome.fuel_used
+    );
     assert!(
         outcome.memory_peak <= LIMITS_MEMORY,
         "memory {}",
