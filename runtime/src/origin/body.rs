@@ -69,6 +69,8 @@ impl Body for OriginBody {
 /// An origin's response body on its way to the client.
 pub struct ProxiedBody {
     inner: Incoming,
+    /// Dropped when the body ends: the backend may reuse the connection.
+    in_flight: Option<super::InFlight>,
     seen: u64,
     cap: u64,
     idle: Duration,
@@ -77,9 +79,10 @@ pub struct ProxiedBody {
 }
 
 impl ProxiedBody {
-    pub fn new(inner: Incoming, cap: u64, idle: Duration) -> Self {
+    pub fn new(inner: Incoming, in_flight: super::InFlight, cap: u64, idle: Duration) -> Self {
         Self {
             inner,
+            in_flight: Some(in_flight),
             seen: 0,
             cap,
             idle,
@@ -122,6 +125,7 @@ impl Body for ProxiedBody {
             }
             Poll::Ready(None) => {
                 this.done = true;
+                this.in_flight = None;
                 Poll::Ready(None)
             }
             Poll::Pending => {

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -62,6 +63,75 @@ fn fail(kind: OriginErrorKind, detail: impl Into<String>) -> ConnectError {
     }
 }
 
+/// A backend's requests in flight and connections open or being opened, so the connector
+/// opens one only when every open connection is busy. The pool hands a connection back a
+/// moment after its response ends; a request sent in that moment would otherwise race a new
+/// connection against the returning one and keep both.
+#[derive(Debug, Default)]
+pub struct Usage {
+    in_flight: AtomicUsize,
+    open: AtomicUsize,
+    dialing: AtomicUsize,
+    changed: Notify,
+}
+
+impl Usage {
+    fn changed(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Claim a dial if the requests in flight outnumber the connections open and opening.
+    fn claim_dial(&self) -> bool {
+        let need = self.in_flight.load(Ordering::SeqCst);
+        let have = self.open.load(Ordering::SeqCst) + self.dialing.load(Ordering::SeqCst);
+        if need > have {
+            self.dialing.fetch_add(1, Ordering::SeqCst);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One request in flight on a backend, until its response ends or is dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Usage>);
+
+impl InFlight {
+    pub fn start(usage: &Arc<Usage>) -> Self {
+        usage.in_flight.fetch_add(1, Ordering::SeqCst);
+        usage.changed();
+        Self(usage.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed();
+    }
+}
+
+/// Releases a dial claim when the dial ends (the connection, if any, now counts as open).
+struct Dialing<'a>(&'a Usage);
+
+impl Drop for Dialing<'_> {
+    fn drop(&mut self) {
+        self.0.dialing.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed();
+    }
+}
+
+/// Counts a connection as open while it lives.
+struct OpenSlot(Arc<Usage>);
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed();
+    }
+}
+
 /// Where and how one backend connects.
 pub struct Dial {
     pub host: String,
@@ -74,6 +144,7 @@ pub struct Dial {
     pub own: Arc<OwnListeners>,
     /// Counts connections opened (`outpost_backend_connections_total`).
     pub opened: prometheus::IntCounter,
+    pub usage: Arc<Usage>,
 }
 
 #[derive(Clone)]
@@ -105,7 +176,24 @@ impl tower_service::Service<Uri> for Connector {
 }
 
 impl Dial {
+    /// Wait until a new connection is needed (every open one busy), then open it. A connect
+    /// whose request got a returning connection meanwhile waits here until the connect timeout
+    /// ends it, unused.
     async fn connect(&self) -> Result<Conn, ConnectError> {
+        loop {
+            let changed = self.usage.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.usage.claim_dial() {
+                break;
+            }
+            changed.await;
+        }
+        let _claim = Dialing(&self.usage);
+        self.dial().await
+    }
+
+    async fn dial(&self) -> Result<Conn, ConnectError> {
         // A connection slot first: past the cap, wait for one to close (bounded by the
         // connect timeout around this whole function).
         let permit = self.permits.clone().acquire_owned().await.map_err(|_| {
@@ -167,24 +255,25 @@ impl Dial {
         permit: OwnedSemaphorePermit,
     ) -> Result<Conn, ConnectError> {
         let Some((connector, name)) = &self.tls else {
-            self.opened.inc();
-            return Ok(Conn {
-                io: TokioIo::new(Stream::Plain(tcp)),
-                h2: false,
-                _permit: permit,
-            });
+            return Ok(self.opened(Stream::Plain(tcp), false, permit));
         };
         let tls = connector
             .connect(name.clone(), tcp)
             .await
             .map_err(|e| fail(OriginErrorKind::Tls, format!("TLS with {}: {e}", self.host)))?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        Ok(self.opened(Stream::Tls(Box::new(tls)), h2, permit))
+    }
+
+    fn opened(&self, stream: Stream, h2: bool, permit: OwnedSemaphorePermit) -> Conn {
         self.opened.inc();
-        Ok(Conn {
-            io: TokioIo::new(Stream::Tls(Box::new(tls))),
+        self.usage.open.fetch_add(1, Ordering::SeqCst);
+        Conn {
+            io: TokioIo::new(stream),
             h2,
+            _open: OpenSlot(self.usage.clone()),
             _permit: permit,
-        })
+        }
     }
 }
 
@@ -255,6 +344,7 @@ impl AsyncWrite for Stream {
 pub struct Conn {
     io: TokioIo<Stream>,
     h2: bool,
+    _open: OpenSlot,
     _permit: OwnedSemaphorePermit,
 }
 

@@ -23,7 +23,8 @@ use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
 pub use body::{OriginBody, ProxiedBody};
-use connect::{ConnectError, Connector, Dial, OwnListeners};
+pub use connect::InFlight;
+use connect::{ConnectError, Connector, Dial, OwnListeners, Usage};
 
 /// What went wrong on the way to an origin or back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +129,7 @@ pub struct Outbound {
 pub struct Backend {
     pub spec: edge_config::Backend,
     client: Client<Connector, OriginBody>,
+    usage: Arc<Usage>,
     /// `scheme://authority` every request URI starts with (the Host it sends).
     base: String,
     metrics: Arc<Metrics>,
@@ -272,6 +274,7 @@ impl Origins {
                 Some((tokio_rustls::TlsConnector::from(config), name))
             }
         };
+        let usage = Arc::new(Usage::default());
         let dial = Dial {
             host: url.host.clone(),
             port: url.port,
@@ -285,6 +288,7 @@ impl Origins {
                 .metrics
                 .backend_connections
                 .with_label_values(&[spec.tenant.as_str(), spec.name.as_str()]),
+            usage: usage.clone(),
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
@@ -295,6 +299,7 @@ impl Origins {
         Ok(Arc::new(Backend {
             spec: spec.clone(),
             client,
+            usage,
             base: format!("{}://{authority}", url.scheme.as_str()),
             metrics: self.metrics.clone(),
         }))
@@ -339,12 +344,14 @@ impl Backend {
     }
 
     /// Send a request; the response head arrives within the first-byte timeout (or the
-    /// caller's own deadline, whichever is first, left to the caller).
+    /// caller's own deadline, whichever is first, left to the caller). The request counts as
+    /// in flight until the returned guard is dropped: keep it until the body ends.
     pub async fn send(
         &self,
         req: Request<OriginBody>,
-    ) -> Result<Response<Incoming>, OriginFailure> {
+    ) -> Result<(Response<Incoming>, InFlight), OriginFailure> {
         let started = Instant::now();
+        let in_flight = InFlight::start(&self.usage);
         let limit = self.spec.first_byte_timeout;
         let result = match tokio::time::timeout(limit, self.client.request(req)).await {
             Ok(Ok(response)) => Ok(response),
@@ -379,7 +386,7 @@ impl Backend {
         }
         result.map(|mut response| {
             strip_hop_by_hop(response.headers_mut());
-            response
+            (response, in_flight)
         })
     }
 

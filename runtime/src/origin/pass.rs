@@ -132,10 +132,10 @@ pub async fn forward(
     let req = backend
         .request(request.method, &path, headers, body)
         .map_err(|f| bad(f.detail))?;
-    let response = backend.send(req).await.map_err(Failure::Origin)?;
+    let (response, in_flight) = backend.send(req).await.map_err(Failure::Origin)?;
     let (mut parts, incoming) = response.into_parts();
     apply_guest_headers(&mut parts.headers, guest.headers);
-    let body = ProxiedBody::new(incoming, response_cap, backend.idle_timeout());
+    let body = ProxiedBody::new(incoming, in_flight, response_cap, backend.idle_timeout());
     Ok(Response::from_parts(parts, body))
 }
 

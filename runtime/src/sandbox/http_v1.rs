@@ -68,6 +68,8 @@ struct Open {
     /// `name: value\n` lines.
     headers: Vec<u8>,
     body: Incoming,
+    /// Dropped at the end of the body: the backend may reuse the connection.
+    in_flight: Option<crate::origin::InFlight>,
     pending: Bytes,
     read: u64,
     done: bool,
@@ -209,7 +211,7 @@ fn send(
     // The request's deadline ends the wait (504 for the whole request); the backend's
     // first-byte timeout, when shorter, is the guest's to handle.
     let response = wait_for(&state.handle, state.deadline, backend.send(req))?;
-    let response = match response {
+    let (response, in_flight) = match response {
         Ok(r) => r,
         Err(f) => return Ok(code_of(f.kind)),
     };
@@ -222,6 +224,7 @@ fn send(
         status: parts.status.as_u16(),
         headers: header_lines(&parts.headers),
         body: incoming,
+        in_flight: Some(in_flight),
         pending: Bytes::new(),
         read: 0,
         done: false,
@@ -282,7 +285,10 @@ fn read(mut env: Env, handle: i32, buf: i32, buf_len: i32) -> Result<i32, HostSt
         })?;
         match next {
             Err(_) => return Ok(ERR_TIMEOUT),
-            Ok(None) => open.done = true,
+            Ok(None) => {
+                open.done = true;
+                open.in_flight = None;
+            }
             Ok(Some(Err(_))) => {
                 open.done = true;
                 return Ok(ERR_ORIGIN);
