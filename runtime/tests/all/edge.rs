@@ -353,6 +353,7 @@ fn one_quic_connection_serves_thousands_of_requests_in_steady_memory() {
     assert!(status.success(), "{last}\n{}", edge.node.log_text());
     assert!(last.contains(r#""status": 200"#), "{last}");
     let (after_first, after_second) = (rss[0], rss[1]);
+    eprintln!("RSS with the connection open: {after_first} KiB, then {after_second} KiB");
     assert!(
         after_second < after_first + 3 * 1024,
         "RSS grew from {after_first} KiB to {after_second} KiB over 10,000 requests on one open \
@@ -697,8 +698,8 @@ fn every_documented_series_is_exported(text: &str) {
 /// One request of the load loop: started, ended, curl's exit code, status, body.
 type Attempt = (Instant, Instant, i32, u16, Vec<u8>);
 
-/// SIGTERM while a bounded loop of requests runs: every request that reached the daemon
-/// completes; the daemon then exits 0.
+/// SIGTERM while a bounded loop of requests runs: every request that reached a guest
+/// completes and reaches its client whole; the daemon then exits 0.
 #[test]
 fn sigterm_drains_open_requests_and_exits_zero() {
     let mut edge = Edge::start("edge-sigterm");
@@ -768,6 +769,24 @@ fn sigterm_drains_open_requests_and_exits_zero() {
         .filter(|r| r.0 < term_at && r.1 > term_at)
         .count();
     assert!(in_flight > 0, "no request was in flight at SIGTERM");
+    // Every request the daemon ran reached its client whole: as many complete responses as the
+    // daemon logged. A client whose connection was accepted but whose request had not been
+    // read when SIGTERM came is closed unserved (HTTP/2 GOAWAY, curl exit 18 or 16; an
+    // HTTP/1.1 connection still idle, 52): that request never reached a guest, and is only
+    // allowed to have started just before SIGTERM.
+    let served = edge
+        .node
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("outpost::request") && l.contains("status=200"))
+        .count();
+    let complete = results.iter().filter(|r| r.2 == 0).count();
+    assert_eq!(
+        served,
+        complete,
+        "the daemon served {served} requests, {complete} reached their clients whole\n{}",
+        edge.node.log_text()
+    );
     for (started, _, exit, status, body) in results.iter() {
         match exit {
             0 => {
@@ -776,6 +795,11 @@ fn sigterm_drains_open_requests_and_exits_zero() {
             }
             // Refused: the listener had already closed (after SIGTERM), so it never reached us.
             7 => assert!(*started > term_at),
+            16 | 18 | 52 | 56 => assert!(
+                term_at.saturating_duration_since(*started) < Duration::from_secs(2),
+                "a request started {:?} before SIGTERM was closed unserved (curl exit {exit})",
+                term_at.saturating_duration_since(*started)
+            ),
             other => panic!(
                 "a request failed with curl exit {other} (started {:?} after SIGTERM)\n{}",
                 started.checked_duration_since(term_at),
@@ -915,7 +939,10 @@ fn listener_limits_hold_over_tls_and_quic() {
         ],
     );
     assert_eq!(reply.status, 200, "{verbose}");
-    assert!(verbose.contains("MAX_CONCURRENT_STREAMS == 2"), "{verbose}");
+    assert!(
+        verbose.contains("MAX_CONCURRENT_STREAMS reached, skip (2)"),
+        "{verbose}"
+    );
     assert_eq!(
         verbose.matches("* Connected to").count(),
         2,
