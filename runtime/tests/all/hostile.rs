@@ -169,15 +169,26 @@ fn each_hostile_guest_fails_alone_within_its_deadline_and_memory_stays_flat() {
     }
     assert!(node.alive());
 
-    // The stderr flood reached the tenant's log as one line: 64 KiB of its bytes (zeroes,
-    // escaped as `\0`), marked truncated.
+    // The stderr flood reached the tenant's log as one line: 64 KiB of its bytes (the guest's
+    // memory from 0: zeroes, escaped as `\0`, and its 28-byte response text at 64), marked
+    // truncated.
     let log = node.log_text();
     let flood = log
         .lines()
         .find(|l| l.contains("app=\"hostile-stderr-flood\"") && l.contains("stderr: "))
         .unwrap_or_else(|| panic!("no stderr line for the flood:\n{log}"));
     assert!(flood.contains("truncated=true"), "{}", &flood[..300]);
-    assert_eq!(flood.matches("\\0").count(), 64 * 1024, "{}", &flood[..300]);
+    assert!(
+        flood.contains("Content-Type: text/plain\\n\\nok"),
+        "{}",
+        &flood[..300]
+    );
+    assert_eq!(
+        flood.matches("\\0").count() + 28,
+        64 * 1024,
+        "{}",
+        &flood[..300]
+    );
 
     // 50 of each, 16 at a time, after a warm-up round: memory stays within a fixed bound.
     let warm = || {

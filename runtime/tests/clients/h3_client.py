@@ -59,7 +59,11 @@ class Client(QuicConnectionProtocol):
             # No length declared; the body goes in 512-byte DATA frames, a turn apart.
             for at in range(0, len(body), 512):
                 last = at + 512 >= len(body)
-                self.http.send_data(sid, body[at : at + 512], end_stream=last)
+                try:
+                    self.http.send_data(sid, body[at : at + 512], end_stream=last)
+                except Exception:
+                    # The server stopped reading (it refused the body): its answer follows.
+                    break
                 self.transmit()
                 await asyncio.sleep(0)
         elif body:
