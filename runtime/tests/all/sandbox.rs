@@ -71,15 +71,21 @@ impl Harness {
             },
         );
         self.rt.block_on(async move {
-            let started = start.await.expect("start")?;
-            let mut bytes = started.first.to_vec();
-            if let Some(mut rest) = started.rest {
-                while let Some(chunk) = rest.recv().await {
-                    bytes.extend_from_slice(&chunk?);
+            let response = async {
+                let started = start.await.expect("start")?;
+                let mut bytes = started.first.to_vec();
+                if let Some(mut rest) = started.rest {
+                    while let Some(chunk) = rest.recv().await {
+                        bytes.extend_from_slice(&chunk?);
+                    }
                 }
+                Ok((started.head.status.as_u16(), bytes))
             }
+            .await;
+            // Failed or not, the guest is gone (its memory back in the pool) before the next
+            // call: tests count pooled slots.
             let _ = done_rx.await;
-            Ok((started.head.status.as_u16(), bytes))
+            response
         })
     }
 }
