@@ -4,7 +4,7 @@
 //! of them leave memory flat, and another tenant keeps being served.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -297,29 +297,7 @@ app = "hello"
         let url = node.url(what);
         let load = std::thread::spawn(move || curl_many(&url, 16, 16));
         // Wait until A's 16 requests are all admitted (its active instances), not a fixed time.
-        let until = Instant::now() + Duration::from_secs(5);
-        loop {
-            let metrics = curl(&node.admin_url("/metrics"), &[]).text();
-            let active = metrics
-                .lines()
-                .find(|l| l.starts_with("outpost_active_instances{tenant=\"a\"}"))
-                .and_then(|l| l.split_whitespace().last())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0);
-            if active >= 16.0 {
-                break;
-            }
-            assert!(
-                Instant::now() < until,
-                "A never filled its concurrency: {}",
-                metrics
-                    .lines()
-                    .filter(|l| l.contains("tenant=\"a\""))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::serve::wait_for_metric(&node, "outpost_active_instances{tenant=\"a\"}", 16.0);
         let full = curl(&node.url(what), LOCAL);
         assert_eq!(full.status, 503, "A is at its limit");
         let mut worst = Duration::ZERO;

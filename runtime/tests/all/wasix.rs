@@ -71,21 +71,11 @@ app = "hello"
             .collect::<Vec<_>>()
     });
     // Wait until every sleeper runs (its instance is active), not a fixed time.
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let metrics = curl(&node.admin_url("/metrics"), &[]).text();
-        let active = metrics
-            .lines()
-            .find(|l| l.starts_with("outpost_active_instances{tenant=\"a\"}"))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if active >= sleepers as f64 {
-            break;
-        }
-        assert!(Instant::now() < until, "the sleepers never all started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::serve::wait_for_metric(
+        &node,
+        "outpost_active_instances{tenant=\"a\"}",
+        sleepers as f64,
+    );
     // With every sleeper holding a slot, this would wait for their 6 s deadline.
     let started = Instant::now();
     let hello = curl(&node.url("/hello"), LOCAL);
