@@ -3,7 +3,6 @@
 //! plus a second or its app is refused at load with the cause named, the daemon stays up, many
 //! of them leave memory flat, and another tenant keeps being served.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::*;
@@ -79,34 +78,6 @@ allow_unsigned = true
         data = dir.path("data").display(),
         deadline = DEADLINE.as_millis(),
     )
-}
-
-/// Many requests to one URL at once (curl --parallel): each (status, seconds).
-fn curl_many(url: &str, n: usize, parallel: usize) -> Vec<(u16, f64)> {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "30",
-        "-H",
-        "Host: localhost",
-        "--parallel",
-        "--parallel-immediate",
-    ])
-    .arg("--parallel-max")
-    .arg(parallel.to_string())
-    .args(["-w", "%{http_code} %{time_total}\\n"]);
-    for _ in 0..n {
-        cmd.args(["-o", "/dev/null", url]);
-    }
-    let out = cmd.output().expect("curl must be installed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (code, time) = l.split_once(' ')?;
-            Some((code.parse().ok()?, time.parse().ok()?))
-        })
-        .collect()
 }
 
 #[test]
@@ -193,14 +164,14 @@ fn each_hostile_guest_fails_alone_within_its_deadline_and_memory_stays_flat() {
     // 50 of each, 16 at a time, after a warm-up round: memory stays within a fixed bound.
     let warm = || {
         for (name, _, _) in RUNS {
-            let replies = curl_many(&node.url(&format!("/{name}")), 16, 16);
+            let replies = curl_many(&node.url(&format!("/{name}")), Some("localhost"), 16, 16);
             assert_eq!(replies.len(), 16, "{name}: every request answered");
         }
     };
     warm();
     let (_, rss_before) = node.threads_and_rss();
     for (name, status, _) in RUNS {
-        let replies = curl_many(&node.url(&format!("/{name}")), 50, 16);
+        let replies = curl_many(&node.url(&format!("/{name}")), Some("localhost"), 50, 16);
         assert_eq!(replies.len(), 50, "{name}: every request answered");
         for (got, secs) in &replies {
             // wasix's own waits keep their CPU slot (only the lean host's waits give it back):
@@ -295,7 +266,7 @@ app = "hello"
 
     for what in ["/sleep", "/spin"] {
         let url = node.url(what);
-        let load = std::thread::spawn(move || curl_many(&url, 16, 16));
+        let load = std::thread::spawn(move || curl_many(&url, Some("localhost"), 16, 16));
         // Wait until A's 16 requests are all admitted (its active instances), not a fixed time.
         crate::serve::wait_for_metric(&node, "outpost_active_instances{tenant=\"a\"}", 16.0);
         let full = curl(&node.url(what), LOCAL);

@@ -621,27 +621,6 @@ fn subrequests_fetch_and_transform_and_reuse_one_connection() {
     );
 }
 
-/// `n` requests at once to `url` with `Host: host` (curl --parallel): each (status, seconds).
-fn curl_many(url: &str, host: &str, n: usize) -> Vec<(u16, f64)> {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "30", "-H"])
-        .arg(format!("Host: {host}"))
-        .args(["--parallel", "--parallel-immediate", "--parallel-max"])
-        .arg(n.to_string())
-        .args(["-w", "%{http_code} %{time_total}\\n"]);
-    for _ in 0..n {
-        cmd.args(["-o", "/dev/null", url]);
-    }
-    let out = cmd.output().expect("curl must be installed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (code, time) = l.split_once(' ')?;
-            Some((code.parse().ok()?, time.parse().ok()?))
-        })
-        .collect()
-}
-
 fn with_host(edge: &Edge, host: &str, path: &str) -> Reply {
     curl(&edge.node.url(path), &["-H", &format!("Host: {host}")])
 }
@@ -913,7 +892,7 @@ app = "hello-g"
         },
     );
     let url = edge.node.url("/?backend=slow&path=/api/slow");
-    let load = std::thread::spawn(move || curl_many(&url, "slow.test", 32));
+    let load = std::thread::spawn(move || curl_many(&url, Some("slow.test"), 32, 32));
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let active = metric(&edge.metrics(), "outpost_active_instances{tenant=\"acme\"}");

@@ -416,26 +416,9 @@ pub fn curl(url: &str, extra: &[&str]) -> Reply {
 /// `count` requests to `url` from one curl, `parallel` at a time: each one's status (0 for a
 /// transfer that failed), in completion order.
 pub fn curl_parallel(url: &str, count: usize, parallel: usize) -> Vec<u16> {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "60",
-        "--parallel",
-        "--parallel-immediate",
-    ])
-    .arg("--parallel-max")
-    .arg(parallel.to_string())
-    .args(["-w", "%{http_code}\\n"]);
-    for _ in 0..count {
-        cmd.args(["-o", "/dev/null", url]);
-    }
-    let out = cmd
-        .output()
-        .expect("curl must be installed (scripts/test installs it)");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().parse().unwrap_or(0))
+    curl_many(url, None, count, parallel)
+        .into_iter()
+        .map(|(status, _)| status)
         .collect()
 }
 
@@ -444,4 +427,30 @@ pub fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).expect("write temp");
     std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// `n` requests to `url` (with `Host: host` if given), at most `parallel` at once, from one
+/// curl: each one's (status, seconds) in completion order, status 0 for a failed transfer.
+pub fn curl_many(url: &str, host: Option<&str>, n: usize, parallel: usize) -> Vec<(u16, f64)> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "60"]);
+    if let Some(host) = host {
+        cmd.arg("-H").arg(format!("Host: {host}"));
+    }
+    cmd.args(["--parallel", "--parallel-immediate", "--parallel-max"])
+        .arg(parallel.to_string())
+        .args(["-w", "%{http_code} %{time_total}\\n"]);
+    for _ in 0..n {
+        cmd.args(["-o", "/dev/null", url]);
+    }
+    let out = cmd
+        .output()
+        .expect("curl must be installed (scripts/test installs it)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (code, time) = l.split_once(' ')?;
+            Some((code.parse().unwrap_or(0), time.parse().ok()?))
+        })
+        .collect()
 }
