@@ -208,9 +208,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// A directory as an assets tar, checked as a node will check it (regular files and
-/// directories only, within the tree's caps) so a push never carries assets a node refuses.
-pub(crate) fn assets_tar(dir: &Path, mount: &str) -> anyhow::Result<Vec<u8>> {
+/// A directory as an assets tar, and the tree a node will index from it (regular files and
+/// directories only, within the tree's caps): a push never carries assets a node refuses.
+pub(crate) fn assets_tar(
+    dir: &Path,
+    mount: &str,
+) -> anyhow::Result<(Vec<u8>, crate::sandbox::assets::Assets)> {
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
     builder
@@ -219,9 +222,9 @@ pub(crate) fn assets_tar(dir: &Path, mount: &str) -> anyhow::Result<Vec<u8>> {
     let tar = builder
         .into_inner()
         .context("cannot finish the assets tar")?;
-    crate::sandbox::assets::Assets::from_tar(mount, bytes::Bytes::from(tar.clone()))
+    let assets = crate::sandbox::assets::Assets::from_tar(mount, bytes::Bytes::from(tar.clone()))
         .map_err(|e| anyhow!("{}: {e}", dir.display()))?;
-    Ok(tar)
+    Ok((tar, assets))
 }
 
 pub fn bundle(args: BundleArgs) -> anyhow::Result<()> {
@@ -277,7 +280,7 @@ fn push(
     }
     let tar = assets
         .as_deref()
-        .map(|dir| assets_tar(dir, &assets_mount))
+        .map(|dir| assets_tar(dir, &assets_mount).map(|(tar, _)| tar))
         .transpose()?;
     let config = BundleConfig {
         args,

@@ -124,9 +124,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let app = match &args.assets {
         None => app,
         Some(dir) => {
-            let tar = super::bundle::assets_tar(dir, &args.assets_mount)?;
-            let assets = crate::sandbox::assets::Assets::from_tar(&args.assets_mount, tar.into())
-                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            let (_, assets) = super::bundle::assets_tar(dir, &args.assets_mount)?;
             app.with_assets(assets)?
         }
     };
