@@ -207,7 +207,32 @@ fn side_by_side() {
 
 criterion_group!(benches, lifecycle);
 
+/// One path alone in a loop, for a profiler (`OUTPOST_BENCH_PROFILE=floor|hello|echo`).
+fn profile(path: &str) {
+    let f = Fixture::new();
+    let kib = Bytes::from(vec![b'x'; 1024]);
+    let empty = Bytes::new();
+    let n: usize = std::env::var("OUTPOST_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let t = Instant::now();
+    for _ in 0..n {
+        match path {
+            "floor" => f.floor_once(),
+            "hello" => drop(f.request_once(&f.hello, &empty)),
+            "echo" => drop(f.request_once(&f.rust, &kib)),
+            other => panic!("OUTPOST_BENCH_PROFILE: no path {other:?} (floor, hello, echo)"),
+        }
+    }
+    let each = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    println!("{path}: {n} runs, {each:.2} us each");
+}
+
 fn main() {
+    if let Ok(path) = std::env::var("OUTPOST_BENCH_PROFILE") {
+        return profile(&path);
+    }
     side_by_side();
     if std::env::var_os("OUTPOST_BENCH_SIDE_ONLY").is_some() {
         return;

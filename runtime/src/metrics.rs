@@ -14,6 +14,7 @@ pub struct Metrics {
     pub duration: HistogramVec,
     pub instantiate: HistogramVec,
     pub fuel_used: IntCounterVec,
+    pub guest_runs: IntCounterVec,
     pub memory_peak: HistogramVec,
     pub limit_exceeded: IntCounterVec,
     pub failures: IntCounterVec,
@@ -168,6 +169,12 @@ impl Metrics {
                 "outpost_fuel_used_total",
                 "Fuel (Wasm operators) spent by guests",
                 &["tenant"],
+            )?,
+            guest_runs: counter(
+                &registry,
+                "outpost_guest_runs_total",
+                "Guests run, by where: inline (on the async thread that received the request), pool (a guest thread), moved (a pool thread, after an inline attempt that had to move)",
+                &["tenant", "path"],
             )?,
             memory_peak: histogram(
                 &registry,

@@ -25,6 +25,10 @@ pub struct ServeArgs {
     /// The node's configuration file.
     #[arg(long, short)]
     pub config: PathBuf,
+    /// Run every guest on a guest thread, never on the async thread that received its
+    /// request (the inline path): for comparisons and diagnosis.
+    #[arg(long)]
+    pub no_inline: bool,
 }
 
 /// How long open requests may take to finish after SIGTERM.
@@ -75,8 +79,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.node.data_dir.display()
         )
     })?;
-    let sandbox = Sandbox::new(SandboxConfig::new(config.node.data_dir.clone()))
-        .context("cannot start the sandbox")?;
+    let mut sandbox_config = SandboxConfig::new(config.node.data_dir.clone());
+    sandbox_config.inline = !args.no_inline;
+    let sandbox = Sandbox::new(sandbox_config).context("cannot start the sandbox")?;
     let metrics = Arc::new(Metrics::new().context("metrics registry")?);
     let listen = config.listen.clone();
     let tls = config.tls.clone();

@@ -374,6 +374,10 @@ fn log_outcome(
         .with_label_values(&[tenant])
         .inc_by(outcome.fuel_used);
     metrics
+        .guest_runs
+        .with_label_values(&[tenant, outcome.path.label()])
+        .inc();
+    metrics
         .memory_peak
         .with_label_values(&[tenant])
         .observe(outcome.memory_peak as f64);

@@ -51,6 +51,10 @@ pub(super) fn wait_for<F: std::future::Future>(
     deadline: Instant,
     fut: F,
 ) -> Result<F::Output, Failure> {
+    // An inline attempt never waits: it moves to a pool thread instead.
+    if super::inline::must_move() {
+        return Err(Failure::Limit(Limit::Time));
+    }
     let until = tokio::time::Instant::from_std(deadline);
     // The timer must be created inside the runtime's context.
     let waited = super::scheduler::blocking(deadline, || {
@@ -101,6 +105,12 @@ impl GuestInput {
     }
 
     /// A body that arrives while the guest runs.
+    /// The whole body, if it is known in full up front and the guest has read none of it.
+    pub fn whole(&self) -> Option<Bytes> {
+        (self.source.is_none() && !self.consumed && self.failed.is_none())
+            .then(|| self.current.clone())
+    }
+
     pub fn streaming(rx: mpsc::Receiver<BodyChunk>) -> Self {
         Self {
             current: Bytes::new(),
@@ -209,6 +219,8 @@ pub struct GuestOutput {
     status: Option<http::StatusCode>,
     /// The request body handed back by the host when the guest ended without reading it.
     unread: Option<GuestInput>,
+    /// An inline attempt: nothing is sent before the guest ends.
+    held: bool,
 }
 
 impl GuestOutput {
@@ -226,8 +238,15 @@ impl GuestOutput {
             never_wait: false,
             status: None,
             unread: None,
+            held: false,
         };
         (out, start_rx)
+    }
+
+    /// Send nothing before the guest ends (an inline attempt, which may yet be discarded); more
+    /// than `inline::HELD_OUTPUT_MAX` bytes held moves the attempt to a pool thread.
+    pub fn hold(&mut self) {
+        self.held = true;
     }
 
     /// Bytes the guest wrote to stdout.
@@ -258,6 +277,12 @@ impl GuestOutput {
             }
             Progress::Body(data) => self.push_body(data)?,
         }
+        if self.held {
+            if self.pending.len() > super::inline::HELD_OUTPUT_MAX && super::inline::must_move() {
+                return Err(Failure::Limit(Limit::ResponseBody).into());
+            }
+            return Ok(());
+        }
         let aged = self.pending_since.is_some_and(|t| t.elapsed() >= FLUSH_AGE);
         if self.pending.len() >= FLUSH_BYTES || aged {
             self.flush(handle, deadline)?;
@@ -282,6 +307,9 @@ impl GuestOutput {
 
     /// Send what is pending, waiting (up to the deadline) if the client is slow.
     pub fn flush(&mut self, handle: &Handle, deadline: Instant) -> Result<(), HostStop> {
+        if self.held {
+            return Ok(());
+        }
         match std::mem::replace(&mut self.state, OutState::Closed) {
             OutState::Parsed(head) => {
                 let (tx, rx) = mpsc::channel(BODY_CHANNEL_CHUNKS);

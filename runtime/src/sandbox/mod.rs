@@ -10,6 +10,7 @@ pub mod cache;
 pub mod cgi;
 pub mod check;
 pub mod http_v1;
+pub mod inline;
 pub mod io;
 pub mod memory;
 pub mod metering;
@@ -74,6 +75,8 @@ pub struct SandboxConfig {
     pub workers: usize,
     /// Threads guests may occupy at once, running or waiting in host calls, over all tenants.
     pub max_threads: usize,
+    /// Run short guests on the async thread that received the request (`inline`).
+    pub inline: bool,
 }
 
 impl SandboxConfig {
@@ -85,6 +88,7 @@ impl SandboxConfig {
             compile_timeout: Duration::from_secs(60),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_threads: 1024,
+            inline: true,
         }
     }
 }
@@ -168,6 +172,8 @@ pub struct App {
     env: EnvBlock,
     /// A bundle's static files, shown to the guest read-only.
     assets: Option<Arc<assets::Assets>>,
+    /// Whether its requests may run inline now.
+    inline: inline::AppRecord,
 }
 
 impl App {
@@ -230,6 +236,29 @@ pub struct Outcome {
     /// Time spent waiting for a CPU slot before the guest started.
     pub queued: Duration,
     pub stderr: StderrBuf,
+    /// Where the guest ran.
+    pub path: RunPath,
+}
+
+/// Where a request's guest ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunPath {
+    /// On a pool thread.
+    Pool,
+    /// On the async thread that received the request (`inline`).
+    Inline,
+    /// On a pool thread, after an inline attempt that had to move.
+    Moved,
+}
+
+impl RunPath {
+    pub fn label(self) -> &'static str {
+        match self {
+            RunPath::Pool => "pool",
+            RunPath::Inline => "inline",
+            RunPath::Moved => "moved",
+        }
+    }
 }
 
 impl Outcome {
@@ -245,6 +274,7 @@ impl Outcome {
             total: Duration::ZERO,
             queued,
             stderr: StderrBuf::new(0),
+            path: RunPath::Pool,
         }
     }
 }
@@ -441,6 +471,7 @@ impl Sandbox {
             guest_args: args,
             env: app_env,
             assets: None,
+            inline: inline::AppRecord::default(),
         })
     }
 
@@ -518,6 +549,21 @@ impl Sandbox {
         handle: Handle,
         on_done: impl FnOnce(Outcome) + Send + 'static,
     ) -> oneshot::Receiver<Result<Started, Failure>> {
+        let mut request = request;
+        let mut from = None;
+        if outbound.is_none() {
+            match self.try_inline(&app, &envelope, request, &handle) {
+                Inline::Done(outcome, start_rx) => {
+                    on_done(outcome);
+                    return start_rx;
+                }
+                Inline::Moved(again, started) => {
+                    request = again;
+                    from = Some(started);
+                }
+                Inline::NotTried(again) => request = again,
+            }
+        }
         let (mut output, start_rx) = GuestOutput::new(envelope.limits.response_body);
         let sandbox = self.clone();
         let lane = envelope.lane.clone();
@@ -526,9 +572,19 @@ impl Sandbox {
             Box::new(move |start| {
                 let refused = match start {
                     scheduler::Start::Run(queued) => {
-                        let mut outcome =
-                            sandbox.run_with(&app, &envelope, request, outbound, output, handle);
+                        let mut outcome = sandbox.run_with(
+                            &app,
+                            &envelope,
+                            request,
+                            Timing::from(from),
+                            outbound,
+                            output,
+                            handle,
+                        );
                         outcome.queued = queued;
+                        if from.is_some() {
+                            outcome.path = RunPath::Moved;
+                        }
                         return on_done(outcome);
                     }
                     scheduler::Start::Expired(queued) => (Failure::Limit(Limit::Queue), queued),
@@ -544,6 +600,60 @@ impl Sandbox {
         start_rx
     }
 
+    /// The inline path (`inline`): run the request here, on the async thread that received it,
+    /// if it qualifies and a CPU slot of its tenant and an inline turn are free now.
+    fn try_inline(
+        &self,
+        app: &App,
+        envelope: &Envelope,
+        request: Request,
+        handle: &Handle,
+    ) -> Inline {
+        let now = Instant::now();
+        let Some(body) = request.input.whole() else {
+            return Inline::NotTried(request);
+        };
+        if !self.config.inline
+            || app.host != HostKind::Lean
+            || !app.inline.allowed(now)
+            || handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            return Inline::NotTried(request);
+        }
+        if !envelope.lane.try_take() {
+            return Inline::NotTried(request);
+        }
+        // What a second run needs, should this one move: the body (shared bytes) and the
+        // environment.
+        let env = request.env.clone();
+        let (mut output, start_rx) = GuestOutput::new(envelope.limits.response_body);
+        output.hold();
+        let attempt = inline::Attempt::begin();
+        let outcome = self.run_with(
+            app,
+            envelope,
+            request,
+            Timing::inline(now),
+            None,
+            output,
+            handle.clone(),
+        );
+        let moved = attempt.end();
+        self.pool.give_back(&envelope.lane);
+        if moved {
+            app.inline.moved(Instant::now());
+            let again = Request {
+                env,
+                input: GuestInput::fixed(body),
+            };
+            return Inline::Moved(again, now);
+        }
+        app.inline.ran(outcome.total, Instant::now());
+        let mut outcome = outcome;
+        outcome.path = RunPath::Inline;
+        Inline::Done(outcome, start_rx)
+    }
+
     /// Run one request on the calling thread (which must not be an async runtime thread). Its
     /// deadline starts now.
     pub fn run_here(
@@ -554,24 +664,35 @@ impl Sandbox {
         output: GuestOutput,
         handle: Handle,
     ) -> Outcome {
-        self.run_with(app, envelope, request, None, output, handle)
+        self.run_with(
+            app,
+            envelope,
+            request,
+            Timing::default(),
+            None,
+            output,
+            handle,
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_with(
         &self,
         app: &App,
         envelope: &Envelope,
         request: Request,
+        timing: Timing,
         outbound: Option<Outbound>,
         output: GuestOutput,
         handle: Handle,
     ) -> Outcome {
-        let started = Instant::now();
+        let started = timing.started.unwrap_or_else(Instant::now);
         let deadline = started + envelope.limits.timeout;
         let env = request.env;
         let run = Run {
             started,
             deadline,
+            slice_end: timing.slice.map(|slice| (started + slice).min(deadline)),
             handle: &handle,
             envelope,
             outbound,
@@ -594,7 +715,9 @@ impl Sandbox {
         let mut store = Store::new(app.store_engine(run.envelope));
         // Armed before instantiation: everything the guest drives from here on is under the
         // request's deadline.
-        let guard = self.watchdog.arm(run.deadline, store.interrupter());
+        let guard = self
+            .watchdog
+            .arm(run.slice_end.unwrap_or(run.deadline), store.interrupter());
         let budget = InstanceBudget::new(limits.memory);
         let mut state = HostState::new(
             app.args.clone(),
@@ -626,6 +749,9 @@ impl Sandbox {
         let instance = match instantiated {
             Ok(instance) => instance,
             Err(e) => {
+                if guard.fired() {
+                    run.sliced();
+                }
                 let failure = instantiation_failure(&e.to_string(), e);
                 func_env.as_mut(&mut store).output.fail(failure.clone());
                 return run.failed_early(failure);
@@ -742,6 +868,9 @@ impl Sandbox {
         });
         let timed_out = guard.fired();
         drop(guard);
+        if timed_out {
+            run.sliced();
+        }
         let grow_denied = memory::take_grow_denied();
         let (fuel_left, fuel_exhausted) = metering::fuel_left(store, instance);
         let mut exit_code = None;
@@ -783,10 +912,49 @@ impl Sandbox {
     }
 }
 
+/// What `try_inline` did with a request.
+enum Inline {
+    /// It ran here.
+    Done(Outcome, oneshot::Receiver<Result<Started, Failure>>),
+    /// It started here and must run again on a pool thread, with the deadline of the instant
+    /// it started.
+    Moved(Request, Instant),
+    /// It did not qualify or nothing was free: the pool runs it.
+    NotTried(Request),
+}
+
+/// When a run's deadline starts and whether it is an inline attempt with a slice.
+#[derive(Debug, Clone, Copy, Default)]
+struct Timing {
+    /// The deadline counts from here (default: the run's start).
+    started: Option<Instant>,
+    /// An inline attempt: it moves when this much time has passed.
+    slice: Option<Duration>,
+}
+
+impl Timing {
+    fn from(started: Option<Instant>) -> Self {
+        Self {
+            started,
+            slice: None,
+        }
+    }
+
+    fn inline(started: Instant) -> Self {
+        Self {
+            started: Some(started),
+            slice: Some(inline::SLICE),
+        }
+    }
+}
+
 /// The parts of one request every host path shares.
 struct Run<'a> {
     started: Instant,
     deadline: Instant,
+    /// An inline attempt's end, before the deadline: the watchdog stops the guest there and
+    /// the attempt moves to a pool thread.
+    slice_end: Option<Instant>,
     handle: &'a Handle,
     envelope: &'a Envelope,
     outbound: Option<Outbound>,
@@ -801,6 +969,13 @@ struct Ran {
 }
 
 impl Run<'_> {
+    /// The watchdog fired: if at an inline attempt's slice (not the deadline), it moves.
+    fn sliced(&self) {
+        if self.slice_end.is_some_and(|end| end < self.deadline) {
+            inline::must_move();
+        }
+    }
+
     fn failed_early(&self, failure: Failure) -> Outcome {
         Outcome {
             status: failure.status(),
@@ -812,6 +987,7 @@ impl Run<'_> {
             total: self.started.elapsed(),
             queued: Duration::ZERO,
             stderr: StderrBuf::new(0),
+            path: RunPath::Pool,
         }
     }
 
@@ -836,6 +1012,7 @@ impl Run<'_> {
             total: self.started.elapsed(),
             queued: Duration::ZERO,
             stderr,
+            path: RunPath::Pool,
         }
     }
 }

@@ -136,6 +136,17 @@ impl Lane {
 
     /// Take a slot back after a wait, queueing behind the lane's other waiters; false if the
     /// deadline passed first.
+    /// Take a free slot now, if there is one and no job waits for it (for a run on a thread
+    /// outside the pool, which gives it back with `release`).
+    pub(super) fn try_take(&self) -> bool {
+        let mut state = self.lock();
+        if state.free == 0 || !state.queue.is_empty() {
+            return false;
+        }
+        state.free -= 1;
+        true
+    }
+
     fn reacquire(&self, deadline: Instant) -> bool {
         let resumer = {
             let mut state = self.lock();
@@ -216,6 +227,14 @@ impl Pool {
 
     /// Run `job` under one of `lane`'s CPU slots: at once if one is free, else after the
     /// lane's earlier waiters.
+    /// Give back a slot taken with `Lane::try_take`: to the lane's next job (on a thread of
+    /// its own) or its free count.
+    pub fn give_back(&self, lane: &Lane) {
+        if let Some(next) = lane.release() {
+            self.hand_to_thread(next);
+        }
+    }
+
     pub fn submit(&self, lane: &Arc<Lane>, job: Job) {
         let queued = Queued {
             job,

@@ -581,6 +581,10 @@ fn poll_oneoff(
         }
         if ready == 0 {
             if let Some((wake, userdata)) = earliest {
+                // An inline attempt never sleeps: it moves to a pool thread instead.
+                if super::inline::must_move() {
+                    return Err(Failure::Limit(Limit::Time).into());
+                }
                 state.output.flush(&state.handle, state.deadline)?;
                 let until = wake.min(state.deadline);
                 let slept = scheduler::blocking(state.deadline, || {

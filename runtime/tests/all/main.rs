@@ -5,6 +5,7 @@ mod edge;
 mod engine;
 mod hostile;
 mod hygiene;
+mod inline;
 mod origin;
 mod run;
 mod sandbox;
