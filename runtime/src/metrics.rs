@@ -26,6 +26,7 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub quic_connections: prometheus::IntCounter,
     pub connections_refused: prometheus::IntCounter,
+    pub connections_open: IntGaugeVec,
     pub sync_failures: IntCounterVec,
     pub sync_swaps: IntCounterVec,
     pub app_info: IntGaugeVec,
@@ -222,6 +223,17 @@ impl Metrics {
                 "outpost_connections_refused_total",
                 "Connections refused at the node's connection cap",
             )?,
+            connections_open: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "outpost_connections_open",
+                        "Connections open now under the node's connection cap, by transport: tcp, quic",
+                    ),
+                    &["transport"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             registry,
         })
     }

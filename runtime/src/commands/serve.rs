@@ -173,10 +173,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ctx.origins.own.add(http.local_addr()?);
             let plain_limits = crate::http::plain::PlainLimits {
                 header_timeout: limits.header_timeout,
+                idle_timeout: limits.idle_timeout,
                 max_header_bytes: limits.max_header_bytes,
                 connections: Some((
                     limits.connections.clone(),
                     metrics.connections_refused.clone(),
+                    metrics.connections_open.with_label_values(&["tcp"]),
                 )),
             };
             listeners.spawn(crate::http::plain::serve(
