@@ -52,6 +52,9 @@ struct State {
     /// The connection's reader, woken when the last request in flight ends so that it arms the
     /// idle deadline.
     reader: Option<Waker>,
+    /// A deadline passed: the connection was cut (idle, or a head too slow), with no response
+    /// left to deliver.
+    timed_out: bool,
 }
 
 /// The requests in flight on one connection. The listener's service calls `begin` for each
@@ -68,6 +71,13 @@ impl Activity {
     pub fn begin(&self) -> InFlight {
         self.lock().in_flight += 1;
         InFlight(self.clone())
+    }
+
+    /// Whether the connection ended at one of its deadlines. Such a connection is closed at once,
+    /// not by `linger`: it owes the client no response, and a slow client must not keep its
+    /// socket (and its connection slot) by trickling bytes into the lingering close.
+    pub fn timed_out(&self) -> bool {
+        self.lock().timed_out
     }
 }
 
@@ -148,6 +158,7 @@ impl<T> Watched<T> {
             served: 0,
             idle_since: now,
             reader: None,
+            timed_out: false,
         })));
         let watched = Self {
             inner,
@@ -245,6 +256,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         }
         if Instant::now() >= deadline || self.sleep.as_mut().poll(cx).is_ready() {
             self.expired = true;
+            self.activity.lock().timed_out = true;
             return Poll::Ready(Ok(()));
         }
         Poll::Pending

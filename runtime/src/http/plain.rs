@@ -110,6 +110,7 @@ pub async fn serve(
         };
         let (stream, finished) = Lingering::new(stream);
         let (io, activity) = Watched::new(stream, timeouts, Some(Framing::Http1));
+        let ended = activity.clone();
         let handler = handler.clone();
         let service = service_fn(move |req| {
             let (handler, conn) = (handler.clone(), conn.clone());
@@ -134,7 +135,9 @@ pub async fn serve(
                 tracing::debug!(error = %e, %remote, "connection ended with an error");
             }
             if let Ok(socket) = finished.await {
-                linger(socket).await;
+                if !ended.timed_out() {
+                    linger(socket).await;
+                }
             }
         });
     }

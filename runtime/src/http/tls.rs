@@ -107,6 +107,7 @@ impl TlsListener {
                     None => None,
                 };
                 let (io, activity) = Watched::new(tls, timeouts, framing);
+                let ended = activity.clone();
                 let conn = ConnInfo {
                     remote,
                     local,
@@ -136,7 +137,9 @@ impl TlsListener {
                 }
                 // The connection is dropped: its socket is back here to close.
                 if let Ok(socket) = finished.await {
-                    linger(socket).await;
+                    if !ended.timed_out() {
+                        linger(socket).await;
+                    }
                 }
             });
         }
