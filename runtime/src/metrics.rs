@@ -249,6 +249,17 @@ impl Metrics {
         }
     }
 
+    /// Guest instances admitted and not yet finished (logged and counted), over every tenant.
+    pub fn active_instances(&self) -> i64 {
+        use prometheus::core::Collector;
+        self.active
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_gauge().get_value() as i64)
+            .sum()
+    }
+
     /// An app now serves `digest` (instead of `before`).
     pub fn app_version(&self, tenant: &str, app: &str, before: Option<&str>, digest: &str) {
         if let Some(before) = before.filter(|b| *b != digest) {

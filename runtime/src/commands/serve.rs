@@ -240,6 +240,19 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         syncer.abort();
         let _ = stop.send(true);
         while listeners.join_next().await.is_some() {}
+        // A response can reach its client before its guest's outcome is logged and counted (the
+        // worker does that after the guest ends): wait for those too, briefly.
+        let accounted = async {
+            while metrics.active_instances() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), accounted)
+            .await
+            .is_err()
+        {
+            tracing::warn!("guests still running after the drain; exiting without their outcomes");
+        }
         tracing::info!("stopped");
         Ok(())
     })

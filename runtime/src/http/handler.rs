@@ -266,8 +266,10 @@ where
         tokio::runtime::Handle::current(),
         move |outcome| {
             drop(permit);
-            active.dec();
             log_outcome(&metrics, &tenant, &app, &digest, protocol, &outcome);
+            // Last: the drain at shutdown waits for this, so the request is logged and counted
+            // before the process exits.
+            active.dec();
         },
     );
     let start = start_rx
