@@ -27,6 +27,7 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub quic_connections: prometheus::IntCounter,
     pub connections_refused: prometheus::IntCounter,
+    pub connections_open: IntGaugeVec,
     pub sync_failures: IntCounterVec,
     pub sync_swaps: IntCounterVec,
     pub app_info: IntGaugeVec,
@@ -229,6 +230,17 @@ impl Metrics {
                 "outpost_connections_refused_total",
                 "Connections refused at the node's connection cap",
             )?,
+            connections_open: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "outpost_connections_open",
+                        "Connections open now under the node's connection cap, by transport: tcp, quic",
+                    ),
+                    &["transport"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             registry,
         })
     }
@@ -242,6 +254,17 @@ impl Metrics {
                 .with_label_values(&[tenant, limit.label()])
                 .inc();
         }
+    }
+
+    /// Guest instances admitted and not yet finished (logged and counted), over every tenant.
+    pub fn active_instances(&self) -> i64 {
+        use prometheus::core::Collector;
+        self.active
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_gauge().get_value() as i64)
+            .sum()
     }
 
     /// An app now serves `digest` (instead of `before`).

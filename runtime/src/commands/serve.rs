@@ -178,10 +178,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ctx.origins.own.add(http.local_addr()?);
             let plain_limits = crate::http::plain::PlainLimits {
                 header_timeout: limits.header_timeout,
+                idle_timeout: limits.idle_timeout,
                 max_header_bytes: limits.max_header_bytes,
                 connections: Some((
                     limits.connections.clone(),
                     metrics.connections_refused.clone(),
+                    metrics.connections_open.with_label_values(&["tcp"]),
                 )),
             };
             listeners.spawn(crate::http::plain::serve(
@@ -243,6 +245,19 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         syncer.abort();
         let _ = stop.send(true);
         while listeners.join_next().await.is_some() {}
+        // A response can reach its client before its guest's outcome is logged and counted (the
+        // worker does that after the guest ends): wait for those too, briefly.
+        let accounted = async {
+            while metrics.active_instances() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), accounted)
+            .await
+            .is_err()
+        {
+            tracing::warn!("guests still running after the drain; exiting without their outcomes");
+        }
         tracing::info!("stopped");
         Ok(())
     })

@@ -2,7 +2,6 @@
 //! as CGI into the sandbox, the guest's response streamed back, then a log line and metrics.
 //! Listeners only accept connections and call `serve_app`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -267,25 +266,42 @@ where
         tokio::runtime::Handle::current(),
         move |outcome| {
             drop(permit);
-            active.dec();
             log_outcome(&metrics, &tenant, &app, &digest, protocol, &outcome);
+            // Last: the drain at shutdown waits for this, so the request is logged and counted
+            // before the process exits.
+            active.dec();
         },
     );
     let start = start_rx
         .await
         .unwrap_or_else(|_| Err(Failure::Internal("the worker dropped the request".into())));
     match start {
-        Ok(started) if pass::requested(&started.head) => match forwarding {
-            Some(fwd) => pass_through(shared, target, started, parts, &fwd, conn).await,
-            None => {
-                let failure = Failure::BadResponse(
-                    "X-Outpost-Backend names a backend, but the app declares none".into(),
-                );
-                tracing::info!(target: "outpost::request", tenant = %target.tenant, app = %target.app.name, failure = %failure);
-                shared.metrics.record_failure(&target.tenant, &failure);
-                error_response(&failure)
+        Ok(started) if pass::requested(&started.head) => {
+            let refused = if forwarding.is_none() {
+                Some("X-Outpost-Backend names a backend, but the app declares none")
+            } else if started.rest.is_some() {
+                // The guest's output passed the first flush (16 KiB, or 2 ms old) while it ran,
+                // so its response was already under way when the head asked for a backend.
+                Some(pass::STARTED_STREAMING)
+            } else {
+                None
+            };
+            match (refused, forwarding) {
+                (None, Some(fwd)) => pass_through(shared, target, started, parts, &fwd, conn).await,
+                (why, _) => {
+                    let failure =
+                        Failure::BadResponse(why.unwrap_or(pass::STARTED_STREAMING).into());
+                    tracing::info!(
+                        target: "outpost::request",
+                        tenant = %target.tenant, app = %target.app.name, protocol = conn.protocol,
+                        status = failure.status().as_u16(), failure = %failure,
+                        "pass-through refused"
+                    );
+                    shared.metrics.record_failure(&target.tenant, &failure);
+                    error_response(&failure)
+                }
             }
-        },
+        }
         Ok(started) => {
             let mut response = Response::new(OutBody::streaming(started.first, started.rest));
             *response.status_mut() = started.head.status;
@@ -405,6 +421,3 @@ fn log_outcome(
         failure = failure.as_deref().unwrap_or(""),
     );
 }
-
-/// A listener's service wrapper result type.
-pub type ServiceResult = Result<Response<OutBody>, Infallible>;

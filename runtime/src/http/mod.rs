@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod body;
 pub mod certs;
+pub mod conn;
 pub mod handler;
 pub mod plain;
 pub mod quic;

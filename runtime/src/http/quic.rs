@@ -61,8 +61,10 @@ impl QuicListener {
                 shutdown.clone(),
             );
             let local = self.endpoint.local_addr().ok();
+            let open =
+                super::conn::Open::new(self.metrics.connections_open.with_label_values(&["quic"]));
             connections.spawn(async move {
-                let _permit = permit;
+                let _slot = (permit, open);
                 let remote = incoming.remote_address();
                 let connecting = match incoming.accept() {
                     Ok(c) => c,

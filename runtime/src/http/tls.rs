@@ -13,7 +13,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::body::InBody;
-use super::handler::{ConnInfo, ServiceResult};
+use super::conn::{linger, Framing, Lingering, Open, Timeouts, Tracked, Watched};
+use super::handler::ConnInfo;
 use super::plain::accept_until;
 use super::{protocol_of, Handler};
 use crate::metrics::Metrics;
@@ -47,7 +48,9 @@ impl TlsListener {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.limits.header_timeout)
+            // Each head's time, and the idle time between requests, are `Watched`'s to keep:
+            // hyper would time the wait for the next head from the end of the last response.
+            .header_read_timeout(None)
             .max_buf_size(self.limits.max_header_bytes.max(8192));
         builder
             .http2()
@@ -71,15 +74,20 @@ impl TlsListener {
                 self.handler.clone(),
                 self.metrics.clone(),
             );
-            let (builder, graceful, alt_svc, header_timeout) = (
+            let (builder, graceful, alt_svc, timeouts) = (
                 builder.clone(),
                 graceful.watcher(),
                 self.alt_svc.clone(),
-                self.limits.header_timeout,
+                Timeouts {
+                    header: self.limits.header_timeout,
+                    idle: self.limits.idle_timeout,
+                },
             );
+            let open = Open::new(self.metrics.connections_open.with_label_values(&["tcp"]));
             tokio::spawn(async move {
-                let _permit = permit;
-                let tls = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
+                let _slot = (permit, open);
+                let (stream, finished) = Lingering::new(stream);
+                let tls = match tokio::time::timeout(timeouts.header, acceptor.accept(stream)).await
                 {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
@@ -93,6 +101,13 @@ impl TlsListener {
                     }
                 };
                 metrics.tls_handshakes.with_label_values(&["ok"]).inc();
+                let framing = match tls.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => Some(Framing::Http2),
+                    Some(_) => Some(Framing::Http1),
+                    None => None,
+                };
+                let (io, activity) = Watched::new(tls, timeouts, framing);
+                let ended = activity.clone();
                 let conn = ConnInfo {
                     remote,
                     local,
@@ -103,19 +118,28 @@ impl TlsListener {
                     let (handler, alt_svc) = (handler.clone(), alt_svc.clone());
                     let mut conn = conn.clone();
                     conn.protocol = protocol_of(req.version());
+                    let in_flight = activity.begin();
                     async move {
                         let mut response = handler(req.map(InBody::Hyper), conn).await;
                         if let Some(alt) = alt_svc {
                             response.headers_mut().insert(http::header::ALT_SVC, alt);
                         }
-                        ServiceResult::Ok(response)
+                        Ok::<_, std::convert::Infallible>(
+                            response.map(|body| Tracked::new(body, in_flight)),
+                        )
                     }
                 });
                 let connection = builder
-                    .serve_connection(TokioIo::new(tls), service)
+                    .serve_connection(TokioIo::new(io), service)
                     .into_owned();
                 if let Err(e) = graceful.watch(connection).await {
                     tracing::debug!(%remote, error = %e, "connection ended with an error");
+                }
+                // The connection is dropped: its socket is back here to close.
+                if let Ok(socket) = finished.await {
+                    if !ended.timed_out() {
+                        linger(socket).await;
+                    }
                 }
             });
         }

@@ -22,6 +22,10 @@ pub const SET_HEADER: &str = "x-outpost-set-request-header";
 /// `Name`: removes a request header (repeatable).
 pub const REMOVE_HEADER: &str = "x-outpost-remove-request-header";
 
+/// Why a response that names a backend but whose body the guest was already streaming (it
+/// wrote past the head before ending) is not passed through.
+pub const STARTED_STREAMING: &str = "the guest asked for a pass-through (X-Outpost-Backend) after its response had started: it wrote body bytes after that head, which were streaming before it ended; a pass-through response is a head alone";
+
 /// Whether the guest's response asks for a pass-through.
 pub fn requested(head: &ResponseHead) -> bool {
     head.headers.contains_key(BACKEND)

@@ -483,6 +483,16 @@ fn bundle_three_nodes_follow_pushes_without_failed_requests_and_survive_the_regi
             ),
             0.0
         );
+        // Two versions pulled, each swapped in once: v1 into the empty slot, then v2.
+        assert_eq!(
+            metric(
+                &n.daemon,
+                "outpost_sync_swaps_total{",
+                &["app=\"shop\"", "tenant=\"acme\""]
+            ),
+            2.0,
+            "outpost_sync_swaps_total"
+        );
     }
 
     // Notifications without the shared token are refused.
@@ -532,6 +542,11 @@ fn bundle_three_nodes_follow_pushes_without_failed_requests_and_survive_the_regi
         restarted.daemon.log_text()
     );
     assert_eq!(body_of(&restarted.daemon), (200, "v2\n".to_string()));
+    // Served from its cache at start: no version swapped in by the sync loop.
+    assert_eq!(
+        metric(&restarted.daemon, "outpost_sync_swaps_total{", &[]),
+        0.0
+    );
     assert!(
         restarted.daemon.log_text().contains("app ready"),
         "{}",

@@ -891,9 +891,22 @@ fn peak_metric(node: &Daemon, series: &str, during: impl FnOnce()) -> f64 {
     })
 }
 
+/// A file of request headers that together make a head of about `bytes` (for `curl -H @FILE`
+/// and the HTTP/3 client's `--header-file`: too large for one argument).
+fn header_file(dir: &TempDir, bytes: usize) -> PathBuf {
+    let path = dir.path(&format!("headers-{bytes}.txt"));
+    let line = 16 * 1024;
+    let text: String = (0..bytes.div_ceil(line))
+        .map(|i| format!("X-Big-{i}: {}\n", "a".repeat(line - 12)))
+        .collect();
+    std::fs::write(&path, text).expect("header file");
+    path
+}
+
 /// The TLS and QUIC listeners' limits: `max_header_bytes` answers 431 over HTTP/1.1, HTTP/2
-/// and HTTP/3; `max_streams` holds a connection to that many requests at once (HTTP/2 and
-/// HTTP/3); `idle_timeout` closes a connection with nothing in flight.
+/// and HTTP/3 to a head just past it, and over HTTP/1.1 and HTTP/3 to one of 960 KiB that the
+/// client is still sending when the 431 goes out; `max_streams` holds a connection to that many requests at once (HTTP/2
+/// and HTTP/3).
 #[test]
 fn listener_limits_hold_over_tls_and_quic() {
     let edge = Edge::start_with(
@@ -903,9 +916,46 @@ fn listener_limits_hold_over_tls_and_quic() {
     );
     // Past the 8 KiB cap, and sent by curl in one TLS record.
     let big = format!("X-Big: {}", "a".repeat(12 * 1024));
+    // 960 KiB (curl sends no request larger than 1 MiB): the 431 is sent while most of it is
+    // still on its way.
+    let huge = header_file(&edge.dir, 960 << 10);
+    let huge_arg = format!("@{}", huge.display());
     for version in ["--http1.1", "--http2"] {
         let (reply, verbose) = edge.curl(version, "www.globex.test", "/", &["-H", &big]);
         assert_eq!(reply.status, 431, "{version}: {verbose}");
+    }
+    let (reply, verbose) = edge.curl("--http1.1", "www.globex.test", "/", &["-H", &huge_arg]);
+    let said: Vec<&str> = verbose
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().contains("x-big"))
+        .collect();
+    assert_eq!(
+        (reply.status, reply.curl_exit),
+        (431, 0),
+        "HTTP/1.1, 960 KiB head: {}",
+        said[said.len().saturating_sub(20)..].join("\n")
+    );
+    // The same from a client on a slow link, still sending when the 431 is written: it sends
+    // its whole head, then reads the answer.
+    for round in 0..3 {
+        let out = Command::new("python3")
+            .arg(repo_root().join("runtime/tests/clients/slow_head.py"))
+            .args([edge.port(), "www.globex.test", "960"])
+            .arg(&edge.pki.ca)
+            .output()
+            .expect("python3");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "HTTP/1.1 431 Request Header Fields Too Large",
+            "slow client over TLS, round {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // HTTP/2 answers 431 to a head up to about twice the cap; past that, h2 ends the connection
+    // (GOAWAY) rather than decode an unbounded header block, and curl gets no response.
+    let (reply, _) = edge.curl("--http2", "www.globex.test", "/", &["-H", &huge_arg]);
+    assert_eq!(reply.status, 0, "HTTP/2, 960 KiB head");
+    for version in ["--http1.1", "--http2"] {
         let (reply, _) = edge.curl(version, "www.globex.test", "/", &["-H", "X-Small: 1"]);
         assert_eq!(reply.status, 200, "{version}");
     }
@@ -917,6 +967,14 @@ fn listener_limits_hold_over_tls_and_quic() {
         &["--header", &format!("x-big: {}", "a".repeat(12 * 1024))],
     );
     assert_eq!(json["status"], 431, "{json}");
+    let (json, _) = edge.h3_with(
+        "www.globex.test",
+        "/",
+        "GET",
+        None,
+        &["--header-file", &huge.display().to_string()],
+    );
+    assert_eq!(json["status"], 431, "960 KiB head over HTTP/3: {json}");
 
     // HTTP/2: two streams per connection, so curl, with three requests to make at once, has to
     // open a second connection for the third.
@@ -961,25 +1019,49 @@ fn listener_limits_hold_over_tls_and_quic() {
         peak, 2.0,
         "HTTP/3 requests running at once on one connection"
     );
+}
 
-    // Served once, then idle: closed by the 2 s idle timeout at the latest (the client would
-    // wait 20 s).
+/// `idle_timeout` closes a connection with no request in flight, on every protocol, and only
+/// then: HTTP/1.1 between requests (not at `header_timeout`, which bounds a head once it has
+/// started), HTTP/2 although the client keeps pinging, HTTP/3 by QUIC's idle timeout. The
+/// client sees the close; `outpost_connections_open` sees the node let go.
+#[test]
+fn idle_timeout_closes_connections_with_nothing_in_flight_on_every_protocol() {
+    // header_timeout is 1 s (node_config); idle_timeout 3 s.
+    let edge = Edge::start_with("edge-idle", &[], "idle_timeout = \"3s\"");
+    let (idle, header) = (3.0, 1.0);
+    let open = |transport: &str| format!("outpost_connections_open{{transport=\"{transport}\"}}");
+
+    // HTTP/1.1: served, then idle: closed at the idle timeout. Then a head that starts after a
+    // pause and stalls: cut header_timeout after its first byte.
     let script = r#"
 import socket, ssl, sys, time
 ctx = ssl.create_default_context(cafile=sys.argv[2])
-s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))), server_hostname="www.globex.test")
-s.sendall(b"GET / HTTP/1.1\r\nHost: www.globex.test\r\n\r\n")
-got = b""
-while not got.endswith(b"Hello from outpost!\n"):
-    got += s.recv(4096)
-served = time.time()
-s.settimeout(20)
-try:
-    while s.recv(4096):
+ctx.set_alpn_protocols(["http/1.1"])
+def served():
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))), server_hostname="www.globex.test")
+    s.sendall(b"GET / HTTP/1.1\r\nHost: www.globex.test\r\n\r\n")
+    got = b""
+    while not got.endswith(b"Hello from outpost!\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            raise SystemExit("closed before the response: %r" % got)
+        got += chunk
+    return s
+def closed_after(s, since):
+    s.settimeout(20)
+    try:
+        while s.recv(4096):
+            pass
+    except (ConnectionResetError, ssl.SSLError, OSError):
         pass
-except (ConnectionResetError, ssl.SSLError, OSError):
-    pass
-print("%.2f" % (time.time() - served))
+    return time.time() - since
+s = served()
+print("%.2f" % closed_after(s, time.time()))
+s = served()
+time.sleep(0.5)
+s.sendall(b"GET / HTTP/1.1\r\nHost: www.")
+print("%.2f" % closed_after(s, time.time()))
 "#;
     let out = Command::new("python3")
         .args(["-c", script, edge.port()])
@@ -987,14 +1069,55 @@ print("%.2f" % (time.time() - served))
         .output()
         .expect("python3");
     let said = String::from_utf8_lossy(&out.stdout);
-    let idle: f64 = said
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{said} {}", String::from_utf8_lossy(&out.stderr)));
-    // HTTP/1.1 waits for the next head under header_timeout (1 s here), shorter than the idle
-    // timeout: either way an idle connection is gone by the idle timeout.
-    assert!(
-        (0.5..2.5).contains(&idle),
-        "an idle connection was closed after {idle} s (header_timeout 1 s, idle_timeout 2 s)"
+    let times: Vec<f64> = said
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    assert_eq!(
+        times.len(),
+        2,
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        (idle - 0.2..idle + 2.0).contains(&times[0]),
+        "HTTP/1.1: an idle connection was closed after {} s (idle_timeout {idle} s, header_timeout {header} s)",
+        times[0]
+    );
+    assert!(
+        (header - 0.2..header + 1.5).contains(&times[1]),
+        "HTTP/1.1: a head stalled after its first byte was cut after {} s (header_timeout {header} s)",
+        times[1]
+    );
+
+    // HTTP/2: the client pings every 0.25 s (and answers the node's pings); no request is in
+    // flight, so the connection is idle all the same.
+    let out = Command::new("python3")
+        .arg(repo_root().join("runtime/tests/clients/h2_idle.py"))
+        .args([edge.port()])
+        .arg(&edge.pki.ca)
+        .args(["www.globex.test", "20"])
+        .output()
+        .expect("python3");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let (how, after) = said
+        .trim()
+        .split_once(' ')
+        .and_then(|(how, t)| Some((how.to_string(), t.parse::<f64>().ok()?)))
+        .unwrap_or_else(|| panic!("{said} {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        how != "open" && (idle - 0.2..idle + 2.0).contains(&after),
+        "HTTP/2 with pings: {how} after {after} s (idle_timeout {idle} s)"
+    );
+    crate::serve::wait_for_metric(&edge.node, &open("tcp"), 0.0);
+
+    // HTTP/3: QUIC's idle timeout, which the client adopts as the shorter; the node drops the
+    // connection on its side too.
+    let (json, _) = edge.h3_with("www.globex.test", "/", "GET", None, &["--idle-wait", "20"]);
+    let closed = json["closed_after"].as_f64();
+    assert!(
+        closed.is_some_and(|t| (idle - 0.2..idle + 2.0).contains(&t)),
+        "HTTP/3: an idle connection ended after {closed:?} s (None: still open after 20 s; idle_timeout {idle} s): {json}"
+    );
+    crate::serve::wait_for_metric(&edge.node, &open("quic"), 0.0);
 }

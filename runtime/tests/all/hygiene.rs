@@ -206,6 +206,37 @@ fn the_plain_listener_caps_connections_and_request_heads() {
     let big = format!("X-Big: {}", "a".repeat(32 * 1024));
     let refused = curl(&url, &["-H", "Host: localhost", "-H", &big]);
     assert_eq!(refused.status, 431, "a 32 KiB head past a 16 KiB cap");
+    // A 960 KiB head (curl sends no request larger than 1 MiB): the 431 goes out while the
+    // client is still sending most of it, and must reach it all the same (not a reset).
+    let line = 16 * 1024;
+    let headers: String = (0..60)
+        .map(|i| format!("X-Big-{i}: {}\n", "a".repeat(line - 12)))
+        .collect();
+    let header_file = dir.path("headers.txt");
+    std::fs::write(&header_file, headers).expect("header file");
+    let header_arg = format!("@{}", header_file.display());
+    let refused = curl(&url, &["-H", "Host: localhost", "-H", &header_arg]);
+    assert_eq!(
+        (refused.status, refused.curl_exit),
+        (431, 0),
+        "a 960 KiB head"
+    );
+    // The same from a client on a slow link, still sending when the 431 is written: it sends
+    // its whole head, then reads the answer.
+    let port = node.addr.rsplit(':').next().unwrap_or("0");
+    for round in 0..3 {
+        let out = std::process::Command::new("python3")
+            .arg(repo_root().join("runtime/tests/clients/slow_head.py"))
+            .args([port, "localhost", "960"])
+            .output()
+            .expect("python3");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "HTTP/1.1 431 Request Header Fields Too Large",
+            "slow client, round {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let fits = format!("X-Fits: {}", "a".repeat(4 * 1024));
     let served = curl(&url, &["-H", "Host: localhost", "-H", &fits]);
     assert_eq!((served.status, served.text().as_str()), (200, "hello\n"));

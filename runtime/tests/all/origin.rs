@@ -118,7 +118,7 @@ http {{
         location = /api/echo {{ echo_read_request_body; echo_request_body; }}
         location = /api/whoami {{
             default_type text/plain;
-            echo "auth=[$http_x_edge_auth] cookie=[$http_cookie] xff=[$http_x_forwarded_for] fwd=[$http_forwarded] host=[$host] path=[$request_uri]";
+            echo "auth=[$http_x_edge_auth] cookie=[$http_cookie] xff=[$http_x_forwarded_for] fwd=[$http_forwarded] host=[$host] path=[$request_uri] port=[$server_port]";
         }}
         location = /api/slow {{ echo_sleep 10; echo "late"; }}
         location = /redirect {{ return 302 {redirect_to}; }}
@@ -241,7 +241,8 @@ struct Edge {
     admin_port: u16,
 }
 
-/// Extra `[[backend]]`s, apps and routes go after the common part.
+/// Extra `[[backend]]`s, apps and routes go after the common part. The configuration is
+/// `edge.config()`.
 fn start(tag: &str, tenant_limits: &str, extra: &dyn Fn(&Nginx, u16) -> String) -> Edge {
     let dir = TempDir::new(tag);
     let admin_port = free_port();
@@ -410,6 +411,18 @@ impl Edge {
 
     fn metrics(&self) -> String {
         curl(&self.node.admin_url("/metrics"), &[]).text()
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path("node.toml")
+    }
+
+    /// `outpost_backend_connections_total` for one of acme's backends.
+    fn connections(&self, backend: &str) -> f64 {
+        metric(
+            &self.metrics(),
+            &format!("outpost_backend_connections_total{{backend=\"{backend}\",tenant=\"acme\"}}"),
+        )
     }
 }
 
@@ -922,4 +935,162 @@ app = "hello-g"
         replies.iter().all(|(s, t)| *s == 504 && *t < 6.0),
         "{replies:?}"
     );
+}
+
+/// (line, column) of the first `needle` after the first `after` in `text`, 1-based, as the
+/// configuration's diagnostics count them.
+fn position(text: &str, after: &str, needle: &str) -> (usize, usize) {
+    let from = text.find(after).expect("anchor") + after.len();
+    let at = from + text[from..].find(needle).expect("needle");
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    (
+        text[..at].matches('\n').count() + 1,
+        text[line_start..at].chars().count() + 1,
+    )
+}
+
+/// A reload while an app's subrequests run: the backend whose entry did not change keeps its
+/// pool (no new connection), a changed backend is used as changed, and a reload that removes a
+/// backend an app still names is refused with the place of the mistake, the running
+/// configuration serving on.
+#[test]
+fn a_reload_keeps_unchanged_backends_pools_and_refuses_a_missing_backend() {
+    let edge = start("origin-reload", "", &|_, _| String::new());
+    let cfg = edge.config();
+    let original = std::fs::read_to_string(&cfg).expect("config");
+    let whoami = |edge: &Edge| {
+        let r = edge.http("/fetch?backend=api&path=/api/whoami", &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+    };
+    let tls_port = format!("port=[{}]", edge.nginx.tls_port);
+    let plain_port = format!("port=[{}]", edge.nginx.port);
+    assert!(whoami(&edge).contains(&tls_port));
+    let first = edge.http("/fetch?backend=static&repeat=3", &[]);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(edge.connections("static"), 1.0);
+    assert_eq!(edge.connections("api"), 1.0);
+
+    // Sequential subrequests to `static` run through both reloads.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (url, stop) = (edge.node.url("/fetch?backend=static"), stop.clone());
+        std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && statuses.len() < 2000 {
+                statuses.push(curl(&url, &["-H", "Host: localhost"]).status);
+            }
+            statuses
+        })
+    };
+
+    // `api` moves from the TLS port to the plain one; `static` is left as it was.
+    let api_entry = format!(
+        "url = \"https://127.0.0.1:{}\"\nhost_header = \"origin.test\"\nca_file = \"{}\"\n",
+        edge.nginx.tls_port,
+        edge.nginx.ca.display()
+    );
+    assert!(original.contains(&api_entry));
+    let moved = original.replacen(
+        &api_entry,
+        &format!("url = \"http://127.0.0.1:{}\"\n", edge.nginx.port),
+        1,
+    );
+    write_atomically(&cfg, &moved);
+    crate::serve::wait_for_metric(
+        &edge.node,
+        "outpost_config_reloads_total{result=\"ok\"}",
+        1.0,
+    );
+    let after = whoami(&edge);
+    assert!(after.contains(&plain_port), "the changed backend: {after}");
+    assert_eq!(
+        edge.connections("api"),
+        2.0,
+        "the changed backend's new pool"
+    );
+
+    // Removing `static` while `router` and `fetch` still name it is a configuration error.
+    let static_entry = format!(
+        "[[backend]]\nname = \"static\"\ntenant = \"acme\"\nurl = \"http://127.0.0.1:{}\"\n",
+        edge.nginx.port
+    );
+    assert!(moved.contains(&static_entry));
+    let missing = moved.replacen(&static_entry, "", 1);
+    write_atomically(&cfg, &missing);
+    crate::serve::wait_for_metric(
+        &edge.node,
+        "outpost_config_reloads_total{result=\"error\"}",
+        1.0,
+    );
+    let (line, col) = position(&missing, "name = \"fetch\"", "\"static\"");
+    let expected = format!(
+        "{}:{line}:{col}: error: app `fetch` names unknown backend `static`",
+        cfg.display()
+    );
+    assert!(
+        edge.node.log_text().contains(&expected),
+        "{expected}\n{}",
+        edge.node.log_text()
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let statuses = load.join().expect("load");
+    assert!(
+        !statuses.is_empty() && statuses.iter().all(|s| *s == 200),
+        "subrequests across the reloads: {statuses:?}"
+    );
+    // The running configuration still serves, `static` on its first and only connection.
+    let still = edge.http("/fetch?backend=static", &[]);
+    assert_eq!(still.status, 200, "{}", still.text());
+    assert!(whoami(&edge).contains(&plain_port));
+    assert_eq!(
+        edge.connections("static"),
+        1.0,
+        "the unchanged backend opened a new connection across {} requests and two reloads",
+        statuses.len() + 2
+    );
+    assert_eq!(edge.connections("api"), 2.0);
+}
+
+/// A guest whose head names a backend but that goes on to write a body has started its
+/// response before outpost could pass it through: 502, and the log says just that.
+#[test]
+fn a_pass_through_asked_for_after_the_response_started_is_refused_saying_so() {
+    let edge = start("origin-late-pass", "", &|_, _| {
+        format!(
+            "\n[[app]]\nname = \"late\"\ntenant = \"acme\"\nsource = \"file:{}\"\nbackends = [\"static\"]\n\n[[route]]\nhost = \"late.test\"\napp = \"late\"\n",
+            wat_guest("pass_late").display()
+        )
+    });
+    for version in ["--http1.1", "--http2"] {
+        let reply = with_host_tls(&edge, version, "late.test");
+        assert_eq!(reply.status, 502, "{version}: {}", reply.text());
+        assert_eq!(reply.text(), "outpost: the app sent an invalid response\n");
+    }
+    let reply = with_host(&edge, "late.test", "/");
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    let log = edge.node.log_text();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("pass-through refused"))
+        .collect();
+    assert_eq!(refused.len(), 3, "{log}");
+    for line in refused {
+        assert!(
+            line.contains("the guest asked for a pass-through (X-Outpost-Backend) after its response had started")
+                && line.contains("status=502")
+                && !line.contains("read the request body"),
+            "{line}"
+        );
+    }
+    // Nothing went to the origin.
+    assert_eq!(edge.connections("static"), 0.0);
+}
+
+/// curl over TLS to `host` (resolved to loopback), path `/`.
+fn with_host_tls(edge: &Edge, version: &str, host: &str) -> Reply {
+    let resolve = format!("{host}:{}:127.0.0.1", edge.port());
+    let url = format!("https://{host}:{}/", edge.port());
+    curl(&url, &[version, "--resolve", &resolve, "-k"])
 }

@@ -3,7 +3,8 @@
 
     h3_client.py --connect 127.0.0.1:PORT --url https://HOST/PATH --cacert CA.pem
                  [--method POST] [--data-file FILE] [--out FILE] [--repeat N --parallel P]
-                 [--rounds R] [--stream-body] [--header "NAME: VALUE"]...
+                 [--rounds R] [--stream-body] [--header "NAME: VALUE"]... [--header-file FILE]
+                 [--idle-wait SECONDS]
 
 Prints one JSON line: {"status": N, "headers": [[name, value], ...], "bytes": N}; the body
 goes to --out. With --repeat, sends N requests over the one connection, P at a time, and also
@@ -11,12 +12,17 @@ prints "statuses": {"200": count, ...} (status, headers and body are the last re
 With --rounds R (R > 1), sends R such batches on the one connection: after each it prints
 {"round": K, "statuses": {...}} and waits for a line on stdin before going on, so a test can
 look at the server while the connection is open.
+--header-file adds a header per line of FILE ("NAME: VALUE"), for heads too large for an
+argument. With --idle-wait, the connection then stays open, sending nothing, until it ends
+(the server's idle timeout, which the client adopts when it is the shorter) or SECONDS pass:
+"closed_after" in the JSON is the time that took (null if it did not end).
 Exits non-zero if a request fails or the certificate does not verify.
 """
 import argparse
 import asyncio
 import json
 import sys
+import time
 from urllib.parse import urlparse
 
 from aioquic.asyncio.client import connect
@@ -83,6 +89,9 @@ async def main(args):
         path += "?" + url.query
     statuses = {}
     async with connect(host.strip("[]"), int(port), configuration=config, create_protocol=Client) as client:
+        if args.header_file:
+            with open(args.header_file) as f:
+                args.header += [line.rstrip("\r\n") for line in f if line.strip()]
         for header in args.header:
             name, value = header.split(":", 1)
             client.extra_headers.append((name.strip().lower().encode(), value.strip().encode()))
@@ -108,6 +117,14 @@ async def main(args):
                 line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
                 if not line:
                     raise RuntimeError("stdin closed between rounds")
+        closed_after = None
+        if args.idle_wait:
+            idle_from = time.monotonic()
+            try:
+                await asyncio.wait_for(client.wait_closed(), args.idle_wait)
+                closed_after = float("%.2f" % (time.monotonic() - idle_from))
+            except asyncio.TimeoutError:
+                pass
     status, headers, data = 0, [], bytearray()
     for ev in events:
         if isinstance(ev, HeadersReceived):
@@ -124,6 +141,8 @@ async def main(args):
     reply = {"status": status, "headers": headers, "bytes": len(data)}
     if args.repeat > 1:
         reply["statuses"] = statuses
+    if args.idle_wait:
+        reply["closed_after"] = closed_after
     print(json.dumps(reply))
 
 
@@ -140,6 +159,8 @@ if __name__ == "__main__":
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--header", action="append", default=[], help="NAME: VALUE, sent on every request")
+    p.add_argument("--header-file", help="a file of NAME: VALUE lines, sent on every request")
+    p.add_argument("--idle-wait", type=float, default=0, help="then wait this long for the connection to end")
     p.add_argument("--stream-body", action="store_true", help="send the body without a content-length")
     try:
         asyncio.run(main(p.parse_args()))
