@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Flame graph of `outpost serve` under wrk (HTTP/1.1 + TLS, keep-alive), answering the hello
+# app: perf samples the node's threads (user and kernel stacks, DWARF unwinding) while wrk
+# runs, and inferno renders the SVG. MODE=inline (default) or MODE=pool (`--no-inline`: every
+# guest on a guest thread) shows the two paths.
+# Usage: [MODE=inline|pool] [DURATION=5] [CONNS=32] [FREQ=499] benches/flame.sh OUT.svg
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$(realpath -m "${1:?usage: benches/flame.sh OUT.svg}")
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/outpost-target}"
+MODE="${MODE:-inline}"
+DURATION="${DURATION:-5}"
+CONNS="${CONNS:-32}"
+FREQ="${FREQ:-499}"
+command -v perf >/dev/null && command -v wrk >/dev/null || {
+  apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf wrk >/dev/null; }
+PATH="$PATH:${INFERNO_ROOT:-/var/tmp/inferno}/bin"
+command -v inferno-flamegraph >/dev/null ||
+  cargo install --quiet --locked inferno --root "${INFERNO_ROOT:-/var/tmp/inferno}"
+cargo build --release --quiet -p outpost
+cargo build --release --quiet --target wasm32-wasip1 --manifest-path examples/hello-rust/Cargo.toml \
+  --target-dir "$CARGO_TARGET_DIR/guests/rust"
+work=$(mktemp -d /tmp/outpost-flame.XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+cp "$CARGO_TARGET_DIR/guests/rust/wasm32-wasip1/release/hello.wasm" "$work/"
+cat > "$work/node.toml" <<TOML
+[node]
+data_dir = "$work/data"
+[listen]
+https = "127.0.0.1:18453"
+admin = "127.0.0.1:18911"
+[tls]
+self_signed = true
+[limits]
+concurrency = 1000
+[[tenant]]
+name = "bench"
+allow_unsigned = true
+[[app]]
+name = "hello"
+tenant = "bench"
+source = "file:$work/hello.wasm"
+[[route]]
+host = "localhost"
+app = "hello"
+TOML
+flags=()
+[ "$MODE" = pool ] && flags=(--no-inline)
+RUST_LOG=warn "$CARGO_TARGET_DIR/release/outpost" serve "${flags[@]}" --config "$work/node.toml" 2>"$work/outpost.log" &
+pid=$!
+for _ in $(seq 100); do curl -ksf https://localhost:18453/ >/dev/null && break; sleep 0.1; done
+wrk -t2 -c"$CONNS" -d2s https://localhost:18453/ >/dev/null
+perf record -q -F "$FREQ" -g --call-graph dwarf,16384 -p "$pid" -o "$work/perf.data" -- sleep "$DURATION" 2>/dev/null &
+perf_pid=$!
+wrk -t2 -c"$CONNS" -d"${DURATION}s" https://localhost:18453/ | grep -E 'Requests/sec'
+wait "$perf_pid" || true
+perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf | \
+  inferno-flamegraph --title "outpost serve ($MODE), hello app, wrk HTTP/1.1+TLS, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >"$out"
+echo "wrote $out"
