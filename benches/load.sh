@@ -21,12 +21,15 @@ for tool in wrk h2load openssl bc nginx taskset; do
   command -v "$tool" >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client openssl bc nginx-light util-linux >/dev/null; break; }
 done
 PATH="$PATH:${OHA_ROOT:-/var/tmp/oha}/bin"
+# Both run in a subshell (`&` or `$(...)`), which exec replaces: `$!` is the server's own PID.
 if [ "${PIN:-0}" = 1 ]; then
-  server_cpu() { taskset -c 0 "$@"; }
-  client_cpu() { taskset -c "1-$(($(nproc) - 1))" "$@"; }
+  server_cpu() { exec taskset -c 0 "$@"; }
+  client_cpu() { exec taskset -c "1-$(($(nproc) - 1))" "$@"; }
+  nginx_workers=1
 else
-  server_cpu() { "$@"; }
-  client_cpu() { "$@"; }
+  server_cpu() { exec "$@"; }
+  client_cpu() { exec "$@"; }
+  nginx_workers=auto
 fi
 cargo build --release --quiet -p outpost -p outpost-benches --bins
 cargo build --release --quiet --target wasm32-wasip1 --manifest-path examples/hello-rust/Cargo.toml \
@@ -69,7 +72,7 @@ RUST_LOG=warn server_cpu "$CARGO_TARGET_DIR/release/outpost" run "$work/hello.wa
 run_pid=$!
 mkdir -p "$work/nginx"
 cat >"$work/nginx/nginx.conf" <<NGINX
-worker_processes 1;
+worker_processes $nginx_workers;
 pid $work/nginx/nginx.pid;
 error_log $work/nginx/error.log;
 events { worker_connections 1024; }
@@ -121,7 +124,7 @@ measure() { # measure CLIENT NAME PORT PID
       # oha's HTTP/3 client can stall after a timed run: the rate is outpost's own count.
       local proto=${client#oha}
       c0=$(cpu_secs "$pid"); n0=$(served "HTTP/$proto" "$admin")
-      out=$(client_cpu timeout $((DURATION + 60)) oha --http-version "$proto" --insecure -z "${DURATION}s" -c 8 -p 4 --no-tui "https://localhost:$port/" 2>&1 || true)
+      out=$(client_cpu timeout $((DURATION + 60)) oha --http-version "$proto" --insecure -z "${DURATION}s" -c 8 -p 4 --no-tui "https://localhost:$port/" 2>&1) || true
       c1=$(cpu_secs "$pid"); n1=$(served "HTTP/$proto" "$admin")
       n=$((n1 - n0)); rate=$((n / DURATION))
       lat="p99 $(echo "$out" | { grep -E '99.00%' || true; } | awk '{print $3 $4}')" ;;
