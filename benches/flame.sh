@@ -2,8 +2,9 @@
 # Flame graph of `outpost serve` under wrk (HTTP/1.1 + TLS, keep-alive), answering the hello
 # app: perf samples the node's threads (user and kernel stacks, DWARF unwinding) while wrk
 # runs, and inferno renders the SVG. MODE=inline (default) or MODE=pool (`--no-inline`: every
-# guest on a guest thread) shows the two paths.
-# Usage: [MODE=inline|pool] [DURATION=5] [CONNS=32] [FREQ=499] benches/flame.sh OUT.svg
+# guest on a guest thread) shows the two paths. PIN=1 (default) runs the node on CPU 0 and wrk
+# on the others, as `PIN=1 benches/load.sh` does.
+# Usage: [MODE=inline|pool] [PIN=1] [DURATION=5] [CONNS=32] [FREQ=499] benches/flame.sh OUT.svg
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:?usage: benches/flame.sh OUT.svg}")
@@ -12,6 +13,13 @@ MODE="${MODE:-inline}"
 DURATION="${DURATION:-5}"
 CONNS="${CONNS:-32}"
 FREQ="${FREQ:-499}"
+if [ "${PIN:-1}" = 1 ]; then
+  server=(taskset -c 0)
+  client=(taskset -c "1-$(($(nproc) - 1))")
+else
+  server=()
+  client=()
+fi
 command -v perf >/dev/null && command -v wrk >/dev/null || {
   apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf wrk >/dev/null; }
 PATH="$PATH:${INFERNO_ROOT:-/var/tmp/inferno}/bin"
@@ -46,14 +54,15 @@ app = "hello"
 TOML
 flags=()
 [ "$MODE" = pool ] && flags=(--no-inline)
-RUST_LOG=warn "$CARGO_TARGET_DIR/release/outpost" serve "${flags[@]}" --config "$work/node.toml" 2>"$work/outpost.log" &
+RUST_LOG=warn "${server[@]}" "$CARGO_TARGET_DIR/release/outpost" serve "${flags[@]}" --config "$work/node.toml" 2>"$work/outpost.log" &
 pid=$!
 for _ in $(seq 100); do curl -ksf https://localhost:18453/ >/dev/null && break; sleep 0.1; done
-wrk -t2 -c"$CONNS" -d2s https://localhost:18453/ >/dev/null
+"${client[@]}" wrk -t2 -c"$CONNS" -d2s https://localhost:18453/ >/dev/null
 perf record -q -F "$FREQ" -g --call-graph dwarf,16384 -p "$pid" -o "$work/perf.data" -- sleep "$DURATION" 2>/dev/null &
 perf_pid=$!
-wrk -t2 -c"$CONNS" -d"${DURATION}s" https://localhost:18453/ | grep -E 'Requests/sec'
+"${client[@]}" wrk -t2 -c"$CONNS" -d"${DURATION}s" https://localhost:18453/ | grep -E 'Requests/sec'
+curl -s http://127.0.0.1:18911/metrics | grep -E '^outpost_guest_runs_total' || true
 wait "$perf_pid" || true
 perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf | \
-  inferno-flamegraph --title "outpost serve ($MODE), hello app, wrk HTTP/1.1+TLS, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >"$out"
+  inferno-flamegraph --minwidth 0.5 --title "outpost serve ($MODE), hello app, wrk HTTP/1.1+TLS, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >"$out"
 echo "wrote $out"
