@@ -17,29 +17,10 @@ cargo build --release --quiet --target wasm32-wasip1 --manifest-path examples/he
 work=$(mktemp -d /tmp/outpost-compare.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 cp "$CARGO_TARGET_DIR/guests/rust/wasm32-wasip1/release/hello.wasm" "$work/"
+. benches/hello-node.sh
 start() { # name binary port admin
   mkdir -p "$work/$1"
-  cat > "$work/$1/node.toml" <<TOML
-[node]
-data_dir = "$work/$1/data"
-[listen]
-https = "127.0.0.1:$3"
-admin = "127.0.0.1:$4"
-[tls]
-self_signed = true
-[limits]
-concurrency = 1000
-[[tenant]]
-name = "bench"
-allow_unsigned = true
-[[app]]
-name = "hello"
-tenant = "bench"
-source = "file:$work/hello.wasm"
-[[route]]
-host = "localhost"
-app = "hello"
-TOML
+  hello_node "$work/$1/data" "$3" "$4" "$work/hello.wasm" >"$work/$1/node.toml"
   RUST_LOG=warn "$2" serve --config "$work/$1/node.toml" >/dev/null 2>"$work/$1.log" &
   echo $!
 }

@@ -31,27 +31,8 @@ cargo build --release --quiet --target wasm32-wasip1 --manifest-path examples/he
 work=$(mktemp -d /tmp/outpost-flame.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 cp "$CARGO_TARGET_DIR/guests/rust/wasm32-wasip1/release/hello.wasm" "$work/"
-cat > "$work/node.toml" <<TOML
-[node]
-data_dir = "$work/data"
-[listen]
-https = "127.0.0.1:18453"
-admin = "127.0.0.1:18911"
-[tls]
-self_signed = true
-[limits]
-concurrency = 1000
-[[tenant]]
-name = "bench"
-allow_unsigned = true
-[[app]]
-name = "hello"
-tenant = "bench"
-source = "file:$work/hello.wasm"
-[[route]]
-host = "localhost"
-app = "hello"
-TOML
+. benches/hello-node.sh
+hello_node "$work/data" 18453 18911 "$work/hello.wasm" >"$work/node.toml"
 flags=()
 [ "$MODE" = pool ] && flags=(--no-inline)
 RUST_LOG=warn "${server[@]}" "$CARGO_TARGET_DIR/release/outpost" serve "${flags[@]}" --config "$work/node.toml" 2>"$work/outpost.log" &

@@ -37,28 +37,8 @@ cargo build --release --quiet --target wasm32-wasip1 --manifest-path examples/he
 work=$(mktemp -d /tmp/outpost-load.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 cp "$CARGO_TARGET_DIR/guests/rust/wasm32-wasip1/release/hello.wasm" "$work/"
-cat > "$work/node.toml" <<TOML
-[node]
-data_dir = "$work/data"
-[listen]
-https = "127.0.0.1:18443"
-http3 = "127.0.0.1:18443"
-admin = "127.0.0.1:18901"
-[tls]
-self_signed = true
-[limits]
-concurrency = 1000
-[[tenant]]
-name = "bench"
-allow_unsigned = true
-[[app]]
-name = "hello"
-tenant = "bench"
-source = "file:$work/hello.wasm"
-[[route]]
-host = "localhost"
-app = "hello"
-TOML
+. benches/hello-node.sh
+hello_node "$work/data" 18443 18901 "$work/hello.wasm" 1 >"$work/node.toml"
 sed -e "s|$work/data|$work/data-pool|; s|:18443|:18445|g; s|:18901|:18902|" "$work/node.toml" >"$work/node-pool.toml"
 RUST_LOG=warn server_cpu "$CARGO_TARGET_DIR/release/outpost" serve --config "$work/node.toml" 2>"$work/outpost.log" &
 outpost_pid=$!

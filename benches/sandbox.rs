@@ -150,15 +150,20 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
+/// `OUTPOST_BENCH_N`, else `default`: how many runs of each path.
+fn runs(default: usize) -> usize {
+    std::env::var("OUTPOST_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Interleaved runs so the three paths see the same machine noise.
 fn side_by_side() {
     let f = Fixture::new();
     let kib = Bytes::from(vec![b'x'; 1024]);
     let empty = Bytes::new();
-    let n: usize = std::env::var("OUTPOST_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let n = runs(10_000);
     let mut times: [Vec<Duration>; 4] = Default::default();
     for _ in 0..200 {
         f.floor_once();
@@ -212,10 +217,7 @@ fn profile(path: &str) {
     let f = Fixture::new();
     let kib = Bytes::from(vec![b'x'; 1024]);
     let empty = Bytes::new();
-    let n: usize = std::env::var("OUTPOST_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+    let n = runs(200_000);
     let t = Instant::now();
     for _ in 0..n {
         match path {
