@@ -199,8 +199,8 @@ impl App {
 
     /// The environment a request runs with: its CGI variables, then the app's own. Built where
     /// the request arrived, borrowing from it; the block is the one copy handed to a worker.
-    pub fn request_env(&self, cgi: &CgiRequest<'_>) -> EnvBlock {
-        cgi::request_env(cgi, &self.env)
+    pub fn request_env(&self, cgi: &CgiRequest<'_>) -> Arc<EnvBlock> {
+        Arc::new(cgi::request_env(cgi, &self.env))
     }
 }
 
@@ -218,7 +218,8 @@ pub enum LoadError {
 
 /// One request for a guest: its environment (`App::request_env`) and stdin.
 pub struct Request {
-    pub env: EnvBlock,
+    /// Shared, so that an inline attempt that moves hands the same block to its second run.
+    pub env: Arc<EnvBlock>,
     pub input: GuestInput,
 }
 
@@ -623,8 +624,8 @@ impl Sandbox {
         if !envelope.lane.try_take() {
             return Inline::NotTried(request);
         }
-        // What a second run needs, should this one move: the body (shared bytes) and the
-        // environment.
+        // What a second run needs, should this one move: the body and the environment, both
+        // shared, not copied.
         let env = request.env.clone();
         let (mut output, start_rx) = GuestOutput::new(envelope.limits.response_body);
         output.hold();
@@ -707,7 +708,7 @@ impl Sandbox {
         &self,
         app: &App,
         mut run: Run<'_>,
-        env: EnvBlock,
+        env: Arc<EnvBlock>,
         input: GuestInput,
         output: GuestOutput,
     ) -> Outcome {
@@ -775,7 +776,7 @@ impl Sandbox {
         &self,
         app: &App,
         run: Run<'_>,
-        env: EnvBlock,
+        env: Arc<EnvBlock>,
         mut input: GuestInput,
         mut output: GuestOutput,
     ) -> Outcome {

@@ -94,7 +94,7 @@ pub fn signature_of(name: &str) -> Option<(Vec<ValType>, Vec<ValType>)> {
 pub struct HostState {
     pub memory: Option<Memory>,
     pub args: Arc<EnvBlock>,
-    pub env: EnvBlock,
+    pub env: Arc<EnvBlock>,
     pub input: GuestInput,
     pub output: GuestOutput,
     pub stderr: StderrBuf,
@@ -112,7 +112,7 @@ impl HostState {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         args: Arc<EnvBlock>,
-        env: EnvBlock,
+        env: Arc<EnvBlock>,
         input: GuestInput,
         output: GuestOutput,
         stderr: StderrBuf,
@@ -696,7 +696,7 @@ mod tests {
         let (output, _rx) = GuestOutput::new(1);
         let state = HostState::new(
             Arc::new(EnvBlock::default()),
-            EnvBlock::default(),
+            Arc::new(EnvBlock::default()),
             GuestInput::fixed(bytes::Bytes::new()),
             output,
             StderrBuf::new(0),
