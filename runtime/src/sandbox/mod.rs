@@ -525,10 +525,10 @@ impl Sandbox {
         Ok(module)
     }
 
-    /// Run one request on a guest thread, under a CPU slot of its tenant's lane. The receiver
-    /// yields the response start (or the failure that replaces it); `on_done` runs on the
-    /// guest thread once the guest is gone, with what happened (its log line and metrics
-    /// belong there, off the async threads).
+    /// Run one request under a CPU slot of its tenant's lane: inline on this (async) thread
+    /// when it qualifies (`inline`), else on a guest thread. The receiver yields the response
+    /// start (or the failure that replaces it); `on_done` runs where the guest ran, once it is
+    /// gone, with what happened (its log line and metrics).
     pub fn dispatch(
         self: &Arc<Self>,
         app: Arc<App>,
