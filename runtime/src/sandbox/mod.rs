@@ -174,6 +174,8 @@ pub struct App {
     assets: Option<Arc<assets::Assets>>,
     /// Whether its requests may run inline now.
     inline: inline::AppRecord,
+    /// What instantiating it writes (`check::ModuleShape::init_bytes`).
+    init_bytes: u64,
 }
 
 impl App {
@@ -472,6 +474,7 @@ impl Sandbox {
             env: app_env,
             assets: None,
             inline: inline::AppRecord::default(),
+            init_bytes: shape.init_bytes,
         })
     }
 
@@ -615,6 +618,8 @@ impl Sandbox {
         };
         if !self.config.inline
             || app.host != HostKind::Lean
+            || app.init_bytes > inline::INIT_BYTES_MAX
+            || body.len() > inline::BODY_MAX
             || !app.inline.allowed(now)
             || handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread
         {
@@ -752,6 +757,7 @@ impl Sandbox {
             run.deadline,
             run.handle.clone(),
         );
+        state.slice_end = run.slice_end;
         state.fs = app.assets.clone().map(wasi::GuestFs::new);
         state.outbound = run
             .outbound
