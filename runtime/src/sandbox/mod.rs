@@ -265,7 +265,7 @@ impl RunPath {
 
 impl Outcome {
     /// A request that never ran.
-    fn refused(failure: Failure, queued: Duration) -> Self {
+    pub fn refused(failure: Failure, queued: Duration) -> Self {
         Self {
             status: failure.status(),
             failure: Some(failure),
