@@ -378,15 +378,50 @@ impl Drop for RequestRecord {
             .client_status
             .get_mut()
             .unwrap_or_else(|e| e.into_inner());
-        let status = client_status.unwrap_or(outcome.status);
+        let line = LogLine {
+            metrics: self.metrics.clone(),
+            tenant: std::mem::take(&mut self.tenant),
+            app: std::mem::take(&mut self.app),
+            digest: std::mem::take(&mut self.digest),
+            protocol: self.protocol,
+            active: self.active.clone(),
+            status: client_status.unwrap_or(outcome.status),
+            outcome,
+        };
+        // A tenant's stderr (up to its cap, escaped) is a large synchronous write: never on an
+        // async thread (the connection's side lets go last when the guest ended first, as an
+        // inline run always does), where a slow log reader would stall every connection on it.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if !line.outcome.stderr.bytes.is_empty() => {
+                drop(handle.spawn_blocking(move || drop(line)));
+            }
+            _ => drop(line),
+        }
+    }
+}
+
+/// A request's log lines and counts, written when dropped (wherever that is).
+struct LogLine {
+    metrics: Arc<Metrics>,
+    tenant: String,
+    app: String,
+    digest: String,
+    protocol: &'static str,
+    active: prometheus::IntGauge,
+    status: http::StatusCode,
+    outcome: Outcome,
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
         log_outcome(
             &self.metrics,
             &self.tenant,
             &self.app,
             &self.digest,
             self.protocol,
-            &outcome,
-            status,
+            &self.outcome,
+            self.status,
         );
         // Last: the drain at shutdown waits for this, so the request is logged and counted
         // before the process exits.
