@@ -645,7 +645,7 @@ impl Sandbox {
             output,
             handle.clone(),
         );
-        let moved = attempt.end() && outcome.failure != Some(panicked());
+        let moved = attempt.end() && !is_panicked(&outcome);
         self.pool.give_back(&envelope.lane);
         if moved {
             app.inline.moved(Instant::now());
@@ -1047,9 +1047,16 @@ impl Run<'_> {
     }
 }
 
+const PANICKED: &str = "the request's run panicked";
+
 /// The failure of a run that panicked.
 fn panicked() -> Failure {
-    Failure::Internal("the request's run panicked".into())
+    Failure::Internal(PANICKED.into())
+}
+
+/// Whether the run panicked (without allocating, as every inline run asks).
+fn is_panicked(outcome: &Outcome) -> bool {
+    matches!(&outcome.failure, Some(Failure::Internal(why)) if why == PANICKED)
 }
 
 /// The guest's linear memory, which host calls read and write: its export `memory`, else the
