@@ -249,15 +249,12 @@ where
         forwarding,
     });
     let forwarding = outbound.as_ref().map(|o| o.forwarding.clone());
-    let active = shared.metrics.active.with_label_values(&[tenant]);
-    active.inc();
-    let metrics = shared.metrics.clone();
-    let (tenant, app, digest, protocol) = (
-        target.tenant.clone(),
-        target.app.name.clone(),
-        target.app.digest.clone(),
+    let record = Arc::new(RequestRecord::new(
+        shared.metrics.clone(),
+        target,
         conn.protocol,
-    );
+    ));
+    let guest_side = record.clone();
     let start_rx = shared.sandbox.dispatch_outbound(
         target.app.clone(),
         target.envelope.clone(),
@@ -266,15 +263,27 @@ where
         tokio::runtime::Handle::current(),
         move |outcome| {
             drop(permit);
-            log_outcome(&metrics, &tenant, &app, &digest, protocol, &outcome);
-            // Last: the drain at shutdown waits for this, so the request is logged and counted
-            // before the process exits.
-            active.dec();
+            guest_side.guest_ended(outcome);
         },
     );
     let start = start_rx
         .await
         .unwrap_or_else(|_| Err(Failure::Internal("the worker dropped the request".into())));
+    let response = respond(shared, target, conn, start, parts, forwarding).await;
+    // What the client gets: a pass-through's is its origin's status, or the failure's.
+    record.client_got(response.status());
+    response
+}
+
+/// The response to the guest's start: its own, or its pass-through's.
+async fn respond(
+    shared: &Shared,
+    target: &Target,
+    conn: &ConnInfo,
+    start: Result<crate::sandbox::io::Started, Failure>,
+    parts: http::request::Parts,
+    forwarding: Option<Forwarding>,
+) -> Response<OutBody> {
     match start {
         Ok(started) if pass::requested(&started.head) => {
             let refused = if forwarding.is_none() {
@@ -309,6 +318,114 @@ where
             response
         }
         Err(failure) => error_response(&failure),
+    }
+}
+
+/// One request's line in the log and count in `outpost_requests_total`, written once, when the
+/// guest has ended and the status the client got is known (a pass-through's comes from its
+/// origin, after the guest ended): by whichever side lets go last, also when the connection's
+/// task is dropped first.
+struct RequestRecord {
+    metrics: Arc<Metrics>,
+    tenant: String,
+    app: String,
+    digest: String,
+    protocol: &'static str,
+    active: prometheus::IntGauge,
+    outcome: std::sync::Mutex<Option<Outcome>>,
+    client_status: std::sync::Mutex<Option<http::StatusCode>>,
+}
+
+impl RequestRecord {
+    fn new(metrics: Arc<Metrics>, target: &Target, protocol: &'static str) -> Self {
+        let active = metrics.active.with_label_values(&[target.tenant.as_str()]);
+        active.inc();
+        Self {
+            metrics,
+            tenant: target.tenant.clone(),
+            app: target.app.name.clone(),
+            digest: target.app.digest.clone(),
+            protocol,
+            active,
+            outcome: std::sync::Mutex::new(None),
+            client_status: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn guest_ended(&self, outcome: Outcome) {
+        *self.outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+    }
+
+    fn client_got(&self, status: http::StatusCode) {
+        *self.client_status.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        let outcome = self
+            .outcome
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_else(|| {
+                Outcome::refused(
+                    Failure::Internal("the request was dropped before its guest ran".into()),
+                    std::time::Duration::ZERO,
+                )
+            });
+        let client_status = *self
+            .client_status
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        let line = LogLine {
+            metrics: self.metrics.clone(),
+            tenant: std::mem::take(&mut self.tenant),
+            app: std::mem::take(&mut self.app),
+            digest: std::mem::take(&mut self.digest),
+            protocol: self.protocol,
+            active: self.active.clone(),
+            status: client_status.unwrap_or(outcome.status),
+            outcome,
+        };
+        // A tenant's stderr (up to its cap, escaped) is a large synchronous write: never on an
+        // async thread (the connection's side lets go last when the guest ended first, as an
+        // inline run always does), where a slow log reader would stall every connection on it.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if !line.outcome.stderr.bytes.is_empty() => {
+                drop(handle.spawn_blocking(move || drop(line)));
+            }
+            _ => drop(line),
+        }
+    }
+}
+
+/// A request's log lines and counts, written when dropped (wherever that is).
+struct LogLine {
+    metrics: Arc<Metrics>,
+    tenant: String,
+    app: String,
+    digest: String,
+    protocol: &'static str,
+    active: prometheus::IntGauge,
+    status: http::StatusCode,
+    outcome: Outcome,
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        log_outcome(
+            &self.metrics,
+            &self.tenant,
+            &self.app,
+            &self.digest,
+            self.protocol,
+            &self.outcome,
+            self.status,
+        );
+        // Last: the drain at shutdown waits for this, so the request is logged and counted
+        // before the process exits.
+        self.active.dec();
     }
 }
 
@@ -367,8 +484,8 @@ fn log_outcome(
     digest: &str,
     protocol: &str,
     outcome: &Outcome,
+    status: http::StatusCode,
 ) {
-    let status = outcome.status;
     metrics
         .requests
         .with_label_values(&[tenant, app, protocol, status.as_str()])

@@ -43,6 +43,9 @@ pub struct ModuleShape {
     pub host: HostKind,
     /// Imported function names of the lean host, in import order.
     pub imports: Vec<(ImportModule, String)>,
+    /// Bytes instantiation writes before any Wasm runs: data segments, and tables' initial
+    /// elements and element segments at 16 bytes an element.
+    pub init_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -163,6 +166,7 @@ pub fn check_module_with(
     let mut needs_wasix: Option<(String, String)> = None;
     let mut memories = 0u32;
     let mut http_import: Option<String> = None;
+    let mut init_bytes: u64 = 0;
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(malformed)? {
             Payload::Version {
@@ -272,7 +276,24 @@ pub fn check_module_with(
             }
             Payload::TableSection(reader) => {
                 for table in reader {
-                    check_table(&table.map_err(malformed)?.ty)?;
+                    let ty = table.map_err(malformed)?.ty;
+                    check_table(&ty)?;
+                    init_bytes = init_bytes.saturating_add(ty.initial.saturating_mul(16));
+                }
+            }
+            Payload::DataSection(reader) => {
+                for data in reader {
+                    init_bytes =
+                        init_bytes.saturating_add(data.map_err(malformed)?.data.len() as u64);
+                }
+            }
+            Payload::ElementSection(reader) => {
+                for element in reader {
+                    let count = match element.map_err(malformed)?.items {
+                        wasmer::wasmparser::ElementItems::Functions(r) => r.count(),
+                        wasmer::wasmparser::ElementItems::Expressions(_, r) => r.count(),
+                    };
+                    init_bytes = init_bytes.saturating_add(u64::from(count).saturating_mul(16));
                 }
             }
             Payload::ExportSection(reader) => {
@@ -315,7 +336,11 @@ pub fn check_module_with(
     if let (HostKind::Wasix, Some(name)) = (host, http_import) {
         return Err(CheckError::OutboundNeedsLean(name));
     }
-    Ok(ModuleShape { host, imports })
+    Ok(ModuleShape {
+        host,
+        imports,
+        init_bytes,
+    })
 }
 
 #[cfg(test)]

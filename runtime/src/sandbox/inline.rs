@@ -2,11 +2,14 @@
 //! a hand-off to a pool thread and back (two thread wake-ups that cost more CPU than a small
 //! guest itself). A request may run inline only when running it again from the start changes
 //! nothing anyone can see:
-//! - the lean host, no backends (a subrequest is a side effect), the whole body in hand;
+//! - the lean host, no backends (a subrequest is a side effect), the whole body in hand (at
+//!   most `BODY_MAX`), an instantiation that writes at most `INIT_BYTES_MAX`;
 //! - nothing reaches the client before the guest ends (the response is held, up to
 //!   `HELD_OUTPUT_MAX`);
 //! - no host call waits (a sleep, a slow client): the first that would, ends the attempt;
-//! - at most `SLICE` of wall time (the watchdog ends the attempt there).
+//! - at most `SLICE` of wall time: the watchdog ends the attempt there in Wasm code, and host
+//!   calls that loop over what a guest hands them check the slice where they check the
+//!   deadline.
 //!
 //! An attempt that hits any of these is discarded (its output, its log, its stderr) and the
 //! request runs again from the start on a pool thread, under the deadline of the instant the
@@ -38,6 +41,12 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_AVERAGE_RUN: Duration = Duration::from_micros(250);
 /// Response bytes an inline attempt may hold before it moves (they are sent when it ends).
 pub const HELD_OUTPUT_MAX: usize = 256 << 10;
+/// Bytes an app's instantiation writes (data segments, tables' initial elements at 16 bytes
+/// each) past which it never runs inline: instantiation runs no Wasm, so neither the slice nor
+/// fuel can stop it.
+pub const INIT_BYTES_MAX: u64 = 1 << 20;
+/// The largest request body an inline attempt takes: a guest copies stdin in one host call.
+pub const BODY_MAX: usize = 256 << 10;
 
 thread_local! {
     /// Set while this thread runs a guest inline.

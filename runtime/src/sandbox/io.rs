@@ -104,13 +104,13 @@ impl GuestInput {
         }
     }
 
-    /// A body that arrives while the guest runs.
     /// The whole body, if it is known in full up front and the guest has read none of it.
     pub fn whole(&self) -> Option<Bytes> {
         (self.source.is_none() && !self.consumed && self.failed.is_none())
             .then(|| self.current.clone())
     }
 
+    /// A body that arrives while the guest runs.
     pub fn streaming(rx: mpsc::Receiver<BodyChunk>) -> Self {
         Self {
             current: Bytes::new(),

@@ -174,6 +174,8 @@ pub struct App {
     assets: Option<Arc<assets::Assets>>,
     /// Whether its requests may run inline now.
     inline: inline::AppRecord,
+    /// What instantiating it writes (`check::ModuleShape::init_bytes`).
+    init_bytes: u64,
 }
 
 impl App {
@@ -264,7 +266,7 @@ impl RunPath {
 
 impl Outcome {
     /// A request that never ran.
-    fn refused(failure: Failure, queued: Duration) -> Self {
+    pub fn refused(failure: Failure, queued: Duration) -> Self {
         Self {
             status: failure.status(),
             failure: Some(failure),
@@ -473,6 +475,7 @@ impl Sandbox {
             env: app_env,
             assets: None,
             inline: inline::AppRecord::default(),
+            init_bytes: shape.init_bytes,
         })
     }
 
@@ -573,7 +576,7 @@ impl Sandbox {
             Box::new(move |start| {
                 let refused = match start {
                     scheduler::Start::Run(queued) => {
-                        let mut outcome = sandbox.run_with(
+                        let mut outcome = sandbox.run_caught(
                             &app,
                             &envelope,
                             request,
@@ -616,6 +619,8 @@ impl Sandbox {
         };
         if !self.config.inline
             || app.host != HostKind::Lean
+            || app.init_bytes > inline::INIT_BYTES_MAX
+            || body.len() > inline::BODY_MAX
             || !app.inline.allowed(now)
             || handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread
         {
@@ -630,7 +635,9 @@ impl Sandbox {
         let (mut output, start_rx) = GuestOutput::new(envelope.limits.response_body);
         output.hold();
         let attempt = inline::Attempt::begin();
-        let outcome = self.run_with(
+        // Caught: a panic must not unwind through the connection's task with the tenant's slot
+        // taken and the request neither answered nor counted.
+        let outcome = self.run_caught(
             app,
             envelope,
             request,
@@ -639,7 +646,7 @@ impl Sandbox {
             output,
             handle.clone(),
         );
-        let moved = attempt.end();
+        let moved = attempt.end() && !is_panicked(&outcome);
         self.pool.give_back(&envelope.lane);
         if moved {
             app.inline.moved(Instant::now());
@@ -674,6 +681,28 @@ impl Sandbox {
             output,
             handle,
         )
+    }
+
+    /// `run_with`, with a panic (a bug in outpost or wasmer) turned into the request's failure:
+    /// the output, dropped on the way, tells the client; `on_done` still counts the request.
+    #[allow(clippy::too_many_arguments)]
+    fn run_caught(
+        &self,
+        app: &App,
+        envelope: &Envelope,
+        request: Request,
+        timing: Timing,
+        outbound: Option<Outbound>,
+        output: GuestOutput,
+        handle: Handle,
+    ) -> Outcome {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            self.run_with(app, envelope, request, timing, outbound, output, handle)
+        }));
+        ran.unwrap_or_else(|_| {
+            tracing::error!(app = %app.name, "a request's run panicked; it fails with 500");
+            Outcome::refused(panicked(), Duration::ZERO)
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -729,6 +758,7 @@ impl Sandbox {
             run.deadline,
             run.handle.clone(),
         );
+        state.slice_end = run.slice_end;
         state.fs = app.assets.clone().map(wasi::GuestFs::new);
         state.outbound = run
             .outbound
@@ -1018,6 +1048,18 @@ impl Run<'_> {
     }
 }
 
+const PANICKED: &str = "the request's run panicked";
+
+/// The failure of a run that panicked.
+fn panicked() -> Failure {
+    Failure::Internal(PANICKED.into())
+}
+
+/// Whether the run panicked (without allocating, as every inline run asks).
+fn is_panicked(outcome: &Outcome) -> bool {
+    matches!(&outcome.failure, Some(Failure::Internal(why)) if why == PANICKED)
+}
+
 /// The guest's linear memory, which host calls read and write: its export `memory`, else the
 /// one memory it exports under another name (the module check allows one memory).
 fn guest_memory(instance: &Instance) -> Option<wasmer::Memory> {
@@ -1089,5 +1131,81 @@ fn trap_failure(
         _ if timed_out => Failure::Limit(Limit::Time),
         _ if grow_denied => Failure::Limit(Limit::Memory),
         _ => Failure::Trap(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host call with a bug: it panics.
+    fn panicking(store: &mut Store, env: &FunctionEnv<HostState>) -> wasmer::Function {
+        wasmer::Function::new_typed_with_env(
+            store,
+            env,
+            |_: wasmer::FunctionEnvMut<HostState>| -> i32 { panic!("a bug in a host call") },
+        )
+    }
+
+    #[test]
+    fn a_run_that_panics_is_answered_counted_once_and_gives_its_slot_back() {
+        for inline in [true, false] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut config = SandboxConfig::new(dir.path().into());
+            config.workers = 1;
+            config.inline = inline;
+            let sandbox = Sandbox::new(config).expect("sandbox");
+            let wat = r#"(module
+                (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32)))
+                (memory (export "memory") 1)
+                (func (export "_start") (drop (call $yield))))"#;
+            let bytes = wasmer::wat2wasm(wat.as_bytes()).expect("wat");
+            let mut app = sandbox.load("bug", &bytes, vec![], &[]).expect("load");
+            app.link[0] = panicking;
+            let app = Arc::new(app);
+            let envelope = Arc::new(sandbox.envelope(Limits::default()));
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            // More requests than the tenant's one CPU slot: a slot kept by a panic would
+            // leave the next request waiting until it is refused.
+            for round in 0..3 {
+                let (done_tx, done_rx) = std::sync::mpsc::channel();
+                let request = Request {
+                    env: EnvBlock::default(),
+                    input: GuestInput::fixed(bytes::Bytes::new()),
+                };
+                let start = sandbox.dispatch(
+                    app.clone(),
+                    envelope.clone(),
+                    request,
+                    rt.handle().clone(),
+                    move |outcome| {
+                        let _ = done_tx.send(outcome);
+                    },
+                );
+                let outcome = done_rx
+                    .recv_timeout(Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("inline {inline}, round {round}: no outcome: {e}"));
+                assert_eq!(outcome.status, 500, "inline {inline}, round {round}");
+                assert_eq!(outcome.failure, Some(panicked()));
+                let started = rt.block_on(start);
+                assert!(
+                    !matches!(started, Ok(Ok(_))),
+                    "inline {inline}: the client must not see a response"
+                );
+            }
+            // A pool thread gives its slot back just after `on_done`: wait for it, bounded.
+            let until = Instant::now() + Duration::from_secs(5);
+            while !envelope.lane.try_take() {
+                assert!(
+                    Instant::now() < until,
+                    "inline {inline}: the slot never came back"
+                );
+                std::thread::yield_now();
+            }
+        }
     }
 }

@@ -134,10 +134,8 @@ impl Lane {
         next
     }
 
-    /// Take a slot back after a wait, queueing behind the lane's other waiters; false if the
-    /// deadline passed first.
     /// Take a free slot now, if there is one and no job waits for it (for a run on a thread
-    /// outside the pool, which gives it back with `release`).
+    /// outside the pool, which gives it back with `Pool::give_back`).
     pub(super) fn try_take(&self) -> bool {
         let mut state = self.lock();
         if state.free == 0 || !state.queue.is_empty() {
@@ -147,6 +145,8 @@ impl Lane {
         true
     }
 
+    /// Take a slot back after a wait, queueing behind the lane's other waiters; false if the
+    /// deadline passed first.
     fn reacquire(&self, deadline: Instant) -> bool {
         let resumer = {
             let mut state = self.lock();
@@ -225,8 +225,6 @@ impl Pool {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Run `job` under one of `lane`'s CPU slots: at once if one is free, else after the
-    /// lane's earlier waiters.
     /// Give back a slot taken with `Lane::try_take`: to the lane's next job (on a thread of
     /// its own) or its free count.
     pub fn give_back(&self, lane: &Lane) {
@@ -235,6 +233,8 @@ impl Pool {
         }
     }
 
+    /// Run `job` under one of `lane`'s CPU slots: at once if one is free, else after the
+    /// lane's earlier waiters.
     pub fn submit(&self, lane: &Arc<Lane>, job: Job) {
         let queued = Queued {
             job,

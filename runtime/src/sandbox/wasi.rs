@@ -99,6 +99,9 @@ pub struct HostState {
     pub output: GuestOutput,
     pub stderr: StderrBuf,
     pub deadline: Instant,
+    /// An inline attempt's slice end (`inline`): a host call still working past it moves the
+    /// attempt to a pool thread, as the watchdog does for Wasm code.
+    pub slice_end: Option<Instant>,
     pub started: Instant,
     pub handle: Handle,
     /// The app's assets, when its bundle has them.
@@ -127,6 +130,7 @@ impl HostState {
             output,
             stderr,
             deadline,
+            slice_end: None,
             started: Instant::now(),
             handle,
             fs: None,
@@ -282,9 +286,15 @@ const COPY_CHUNK: usize = 64 * 1024;
 /// request's deadline once per this many entries.
 const ENTRIES_PER_DEADLINE_CHECK: u32 = 1024;
 
-/// Stop a host call whose request is past its deadline.
+/// Stop a host call whose request is past its deadline, or whose inline attempt is past its
+/// slice (the watchdog's interrupt reaches Wasm code only: a host call looping over a guest's
+/// iovecs, subscriptions or bytes would hold the async thread until the deadline).
 fn check_deadline(state: &HostState) -> Result<(), HostStop> {
-    if Instant::now() >= state.deadline {
+    let now = Instant::now();
+    if now >= state.deadline {
+        return Err(Failure::Limit(Limit::Time).into());
+    }
+    if state.slice_end.is_some_and(|end| now >= end) && super::inline::must_move() {
         return Err(Failure::Limit(Limit::Time).into());
     }
     Ok(())

@@ -122,3 +122,141 @@ app = "spin"
     );
     assert_eq!(nap, Some(1.0));
 }
+
+/// Guests whose one inline attempt would hold the calling thread far past the slice: a host
+/// call looping until the deadline, one Wasm operator writing a whole memory, an instantiation
+/// writing a large table. (name, module, whether it may start inline at all, expected status)
+const STALLERS: &[(&str, &str, bool, u16)] = &[
+    (
+        "random_get over 64 MiB (a host call checked only against the deadline)",
+        r#"(module
+            (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+            (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1025)
+            (data (i32.const 16) "Content-Type: text/plain\n\nok")
+            (func (export "_start")
+              (drop (call $random (i32.const 65536) (i32.const 67108864)))
+              (i32.store (i32.const 0) (i32.const 16))
+              (i32.store (i32.const 4) (i32.const 28))
+              (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        true,
+        200,
+    ),
+    (
+        "fd_write of 4 Mi empty iovecs to stderr",
+        r#"(module
+            (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 513)
+            (data (i32.const 16) "Content-Type: text/plain\n\nok")
+            (func (export "_start")
+              (drop (call $fd_write (i32.const 2) (i32.const 65536) (i32.const 4194304) (i32.const 8)))
+              (i32.store (i32.const 0) (i32.const 16))
+              (i32.store (i32.const 4) (i32.const 28))
+              (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        true,
+        200,
+    ),
+    (
+        "one memory.fill of 240 MiB (one operator; wasmer's interrupt is a signal, which stops it)",
+        r#"(module
+            (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 3841)
+            (data (i32.const 16) "Content-Type: text/plain\n\nok")
+            (func (export "_start")
+              (memory.fill (i32.const 65536) (i32.const 7) (i32.const 251658240))
+              (i32.store (i32.const 0) (i32.const 16))
+              (i32.store (i32.const 4) (i32.const 28))
+              (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        true,
+        200,
+    ),
+    (
+        "a table of 4 M elements built at instantiation (no Wasm runs to interrupt)",
+        r#"(module
+            (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (table 4000000 funcref)
+            (data (i32.const 16) "Content-Type: text/plain\n\nok")
+            (func (export "_start")
+              (i32.store (i32.const 0) (i32.const 16))
+              (i32.store (i32.const 4) (i32.const 28))
+              (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        false,
+        200,
+    ),
+];
+
+/// The promise of the inline path, for the thread that received the request: whatever the
+/// guest does, its inline attempt gives that thread back after about one slice, and the
+/// request still gets its whole answer, run once more on a pool thread.
+#[test]
+fn an_inline_attempt_gives_its_thread_back_within_a_slice_whatever_the_guest_does() {
+    use outpost::sandbox::cgi::EnvBlock;
+    use outpost::sandbox::io::GuestInput;
+    use outpost::sandbox::{Limits, Request, RunPath, Sandbox, SandboxConfig};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let data = TempDir::new("inline-stall");
+    let mut config = SandboxConfig::new(data.0.clone());
+    config.workers = 2;
+    let sandbox = Sandbox::new(config).expect("sandbox");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let envelope = Arc::new(sandbox.envelope(Limits {
+        memory: 512 << 20,
+        fuel: 10_000_000_000,
+        timeout: Duration::from_secs(5),
+        ..Limits::default()
+    }));
+    // The slice is 2 ms; the bound leaves room for a shared 2-core machine, and is far below
+    // what each of these guests takes when its attempt is not stopped (tens to hundreds of ms).
+    let bound = Duration::from_millis(12);
+    let mut stalls = Vec::new();
+    for (what, wat, inline, status) in STALLERS {
+        let bytes = wasmer::wat2wasm(wat.as_bytes()).expect("wat");
+        let app = Arc::new(sandbox.load("stall", &bytes, vec![], &[]).expect("load"));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let request = Request {
+            env: EnvBlock::default(),
+            input: GuestInput::fixed(bytes::Bytes::new()),
+        };
+        // Called from this thread, as an async thread calls it: an inline attempt runs here.
+        let began = Instant::now();
+        let start = sandbox.dispatch(
+            app,
+            envelope.clone(),
+            request,
+            rt.handle().clone(),
+            move |outcome| {
+                let _ = done_tx.send(outcome);
+            },
+        );
+        let held = began.elapsed();
+        let outcome = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{what}: no outcome: {e}"));
+        let started = rt
+            .block_on(start)
+            .expect("start")
+            .unwrap_or_else(|f| panic!("{what}: {f}"));
+        assert_eq!(started.head.status.as_u16(), *status, "{what}");
+        assert_eq!(&started.first[..], b"ok", "{what}");
+        let path = if *inline {
+            RunPath::Moved
+        } else {
+            RunPath::Pool
+        };
+        if held >= bound || outcome.path != path {
+            stalls.push(format!(
+                "{what}: held the calling thread {held:?}, ran {:?} (want {path:?})",
+                outcome.path
+            ));
+        }
+    }
+    // Every guest is tried before failing, so one run names every path that stalls.
+    assert!(stalls.is_empty(), "bound {bound:?}: {stalls:#?}");
+}

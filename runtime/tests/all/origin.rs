@@ -433,6 +433,44 @@ fn h3_header<'a>(headers: &'a serde_json::Value, name: &str) -> Option<&'a str> 
     })
 }
 
+/// `outpost_requests_total` of one app by status, summed over protocols.
+fn requests_by_status(metrics: &str, app: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut by_status = std::collections::BTreeMap::new();
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("outpost_requests_total{") && l.contains(&format!("app=\"{app}\""))
+    }) {
+        let status = line
+            .split("status=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next());
+        let count = line
+            .split_whitespace()
+            .last()
+            .and_then(|n| n.parse::<f64>().ok());
+        if let (Some(status), Some(count)) = (status, count) {
+            *by_status.entry(status.to_string()).or_insert(0.0) += count;
+        }
+    }
+    by_status
+}
+
+/// The statuses of an app's per-request log lines (the one line each request gets, with its
+/// duration), in order.
+fn logged_statuses(log: &str, app: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("outpost::request") && l.contains("duration_us=") && l.contains(app))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|field| field.strip_prefix("status="))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+fn statuses(pairs: &[(&str, f64)]) -> std::collections::BTreeMap<String, f64> {
+    pairs.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+}
+
 fn metric(metrics: &str, prefix: &str) -> f64 {
     metrics
         .lines()
@@ -541,7 +579,24 @@ fn pass_through_routes_to_two_origins_over_every_protocol_with_5_mib_each_way() 
         (200, "the new thing\n")
     );
 
+    // The origin's own status reaches the client, the count and the log line.
+    let missing = edge.http("/no-such-page.html", &[]);
+    assert_eq!(missing.status, 404, "{}", missing.text());
+
     let m = edge.metrics();
+    let router = requests_by_status(&m, "router");
+    assert_eq!(router.get("404"), Some(&1.0), "{m}");
+    let logged = logged_statuses(&edge.node.log_text(), "app=\"router\"");
+    assert_eq!(
+        logged.iter().filter(|s| *s == "404").count(),
+        1,
+        "{logged:?}"
+    );
+    assert_eq!(
+        logged.len() as f64,
+        router.values().sum::<f64>(),
+        "one log line per counted request: {logged:?} {router:?}"
+    );
     assert!(
         metric(
             &m,
@@ -723,6 +778,23 @@ app = "fetch-fail"
     assert!(log.contains("origin_connect"), "{log}");
     assert!(log.contains("origin_timeout"), "{log}");
     let m = edge.metrics();
+    // Each request counted and logged once, with the status its client got: for a
+    // pass-through the failure's (the guest's own head said 200), for a subrequest the app's.
+    assert_eq!(
+        requests_by_status(&m, "router-fail"),
+        statuses(&[("502", 1.0), ("504", 1.0)]),
+        "{m}"
+    );
+    assert_eq!(
+        logged_statuses(&log, "router-fail"),
+        ["502", "504"],
+        "{log}"
+    );
+    assert_eq!(
+        requests_by_status(&m, "fetch-fail"),
+        statuses(&[("502", 1.0), ("504", 2.0)]),
+        "{m}"
+    );
     assert!(
         metric(
             &m,
@@ -1084,6 +1156,18 @@ fn a_pass_through_asked_for_after_the_response_started_is_refused_saying_so() {
             "{line}"
         );
     }
+    // Counted and logged once each, as the 502 the client got (the guest's head said 200).
+    let m = edge.metrics();
+    assert_eq!(
+        requests_by_status(&m, "late"),
+        statuses(&[("502", 3.0)]),
+        "{m}"
+    );
+    assert_eq!(
+        logged_statuses(&log, "late"),
+        ["502", "502", "502"],
+        "{log}"
+    );
     // Nothing went to the origin.
     assert_eq!(edge.connections("static"), 0.0);
 }
