@@ -1174,7 +1174,7 @@ mod tests {
             for round in 0..3 {
                 let (done_tx, done_rx) = std::sync::mpsc::channel();
                 let request = Request {
-                    env: EnvBlock::default(),
+                    env: Arc::new(EnvBlock::default()),
                     input: GuestInput::fixed(bytes::Bytes::new()),
                 };
                 let start = sandbox.dispatch(

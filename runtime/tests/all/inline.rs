@@ -221,7 +221,7 @@ fn an_inline_attempt_gives_its_thread_back_within_a_slice_whatever_the_guest_doe
         let app = Arc::new(sandbox.load("stall", &bytes, vec![], &[]).expect("load"));
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let request = Request {
-            env: EnvBlock::default(),
+            env: std::sync::Arc::new(EnvBlock::default()),
             input: GuestInput::fixed(bytes::Bytes::new()),
         };
         // Called from this thread, as an async thread calls it: an inline attempt runs here.
