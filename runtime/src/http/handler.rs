@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::origin::{pass, AppBackends, Forwarding, Outbound};
 use crate::sandbox::cgi::CgiRequest;
 use crate::sandbox::io::{BodyChunk, GuestInput};
-use crate::sandbox::{App, Envelope, Outcome, Request as GuestRequest, Sandbox};
+use crate::sandbox::{App, Envelope, Outcome, Request as GuestRequest, RunPath, Sandbox};
 
 /// Everything needed to run requests for one routed app.
 pub struct Target {
@@ -506,10 +506,12 @@ fn log_outcome(
         .fuel_used
         .with_label_values(&[tenant])
         .inc_by(outcome.fuel_used);
-    metrics
-        .guest_runs
-        .with_label_values(&[tenant, outcome.path.label()])
-        .inc();
+    if outcome.path != RunPath::NotRun {
+        metrics
+            .guest_runs
+            .with_label_values(&[tenant, outcome.path.label()])
+            .inc();
+    }
     metrics
         .memory_peak
         .with_label_values(&[tenant])

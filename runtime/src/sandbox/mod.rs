@@ -252,6 +252,8 @@ pub enum RunPath {
     Inline,
     /// On a pool thread, after an inline attempt that had to move.
     Moved,
+    /// Nowhere: refused before it started (its queue wait expired, no thread).
+    NotRun,
 }
 
 impl RunPath {
@@ -260,6 +262,7 @@ impl RunPath {
             RunPath::Pool => "pool",
             RunPath::Inline => "inline",
             RunPath::Moved => "moved",
+            RunPath::NotRun => "not_run",
         }
     }
 }
@@ -277,7 +280,7 @@ impl Outcome {
             total: Duration::ZERO,
             queued,
             stderr: StderrBuf::new(0),
-            path: RunPath::Pool,
+            path: RunPath::NotRun,
         }
     }
 }
@@ -701,7 +704,10 @@ impl Sandbox {
         }));
         ran.unwrap_or_else(|_| {
             tracing::error!(app = %app.name, "a request's run panicked; it fails with 500");
-            Outcome::refused(panicked(), Duration::ZERO)
+            // It ran (part of the way): counted where it ran, not as refused.
+            let mut outcome = Outcome::refused(panicked(), Duration::ZERO);
+            outcome.path = RunPath::Pool;
+            outcome
         })
     }
 
