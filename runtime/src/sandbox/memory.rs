@@ -29,10 +29,6 @@ thread_local! {
     /// Set while a guest runs on this thread with nothing but this thread touching its memory
     /// (the lean host): its memory's pages can then be accounted by this thread's page faults.
     static FAULTS_ACCOUNT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// This thread's fault count at its last read. The count only grows, so a watch may start
-    /// from it instead of reading it again: faults taken since count as the guest's, which can
-    /// only send a scrub to its scan, never skip one. One `getrusage` per request, not two.
-    static LAST_FAULTS: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
 }
 
 /// While alive, memories created on this thread are watched through the thread's page-fault
@@ -59,12 +55,6 @@ impl Drop for FaultAccounting {
 /// (direct I/O, `process_vm_writev`, ptrace), which outpost never points at guest memory, does
 /// not.
 fn thread_faults() -> Option<u64> {
-    let faults = read_thread_faults();
-    LAST_FAULTS.with(|last| last.set(faults));
-    faults
-}
-
-fn read_thread_faults() -> Option<u64> {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage writes a whole rusage into the pointer it is given.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
@@ -88,13 +78,9 @@ impl Watch {
         if !FAULTS_ACCOUNT.with(|flag| flag.get()) {
             return None;
         }
-        let faults = match LAST_FAULTS.with(std::cell::Cell::get) {
-            Some(last) => last,
-            None => thread_faults()?,
-        };
         Some(Watch {
             thread: std::thread::current().id(),
-            faults,
+            faults: thread_faults()?,
         })
     }
 
