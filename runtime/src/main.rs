@@ -2,12 +2,6 @@
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of glibc's malloc: pinned to one core, the node serves 10-14% more
-/// requests per second over HTTP/1.1 + TLS with it (docs/benchmarks.md). Guest memories do not
-/// come from here (the sandbox maps them itself).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "outpost",
