@@ -3,10 +3,24 @@
 //! never anything a client sends, so series stay bounded.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::error::Failure;
+
+/// One tenant's per-request series (`Metrics::tenant_series`).
+pub struct TenantSeries {
+    pub active: IntGauge,
+    pub duration: Histogram,
+    pub instantiate: Histogram,
+    pub queue_wait: Histogram,
+    pub fuel_used: IntCounter,
+    pub memory_peak: Histogram,
+    pub runs_pool: IntCounter,
+    pub runs_inline: IntCounter,
+    pub runs_moved: IntCounter,
+}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -243,6 +257,23 @@ impl Metrics {
             },
             registry,
         })
+    }
+
+    /// The series every request of `tenant` updates, resolved now: a lookup by label values
+    /// hashes them and takes the vector's lock, which a request should not pay seven times.
+    pub fn tenant_series(&self, tenant: &str) -> TenantSeries {
+        let runs = |path: &str| self.guest_runs.with_label_values(&[tenant, path]);
+        TenantSeries {
+            active: self.active.with_label_values(&[tenant]),
+            duration: self.duration.with_label_values(&[tenant]),
+            instantiate: self.instantiate.with_label_values(&[tenant]),
+            queue_wait: self.queue_wait.with_label_values(&[tenant]),
+            fuel_used: self.fuel_used.with_label_values(&[tenant]),
+            memory_peak: self.memory_peak.with_label_values(&[tenant]),
+            runs_pool: runs("pool"),
+            runs_inline: runs("inline"),
+            runs_moved: runs("moved"),
+        }
     }
 
     pub fn record_failure(&self, tenant: &str, failure: &Failure) {

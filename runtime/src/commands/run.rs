@@ -156,6 +156,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         app: Arc::new(app),
         envelope: Arc::new(sandbox.envelope(limits)),
         admission: Arc::new(Semaphore::new(args.concurrency.max(1))),
+        series: Default::default(),
     });
     let shared = Arc::new(Shared { sandbox, metrics });
     let handler: Handler = Arc::new(move |req, conn| {

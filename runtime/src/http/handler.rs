@@ -3,7 +3,7 @@
 //! Listeners only accept connections and call `serve_app`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use super::body::OutBody;
 use super::router::normalize_host;
 use crate::error::{Failure, Limit};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TenantSeries};
 use crate::origin::{pass, AppBackends, Forwarding, Outbound};
 use crate::sandbox::cgi::CgiRequest;
 use crate::sandbox::io::{BodyChunk, GuestInput};
@@ -29,6 +29,15 @@ pub struct Target {
     pub admission: Arc<Semaphore>,
     /// The backends the app may send requests to.
     pub backends: Arc<AppBackends>,
+    /// The tenant's per-request series, resolved by the first request (`Target::series`).
+    pub series: OnceLock<TenantSeries>,
+}
+
+impl Target {
+    fn series(&self, metrics: &Metrics) -> &TenantSeries {
+        self.series
+            .get_or_init(|| metrics.tenant_series(&self.tenant))
+    }
 }
 
 /// What the listener knows about the connection a request came on.
@@ -172,7 +181,7 @@ where
 /// Serve one request with a guest.
 pub async fn serve_app<B>(
     shared: &Shared,
-    target: &Target,
+    target: &Arc<Target>,
     req: Request<B>,
     conn: &ConnInfo,
     script_name: &str,
@@ -327,26 +336,19 @@ async fn respond(
 /// task is dropped first.
 struct RequestRecord {
     metrics: Arc<Metrics>,
-    tenant: String,
-    app: String,
-    digest: String,
+    target: Arc<Target>,
     protocol: &'static str,
-    active: prometheus::IntGauge,
     outcome: std::sync::Mutex<Option<Outcome>>,
     client_status: std::sync::Mutex<Option<http::StatusCode>>,
 }
 
 impl RequestRecord {
-    fn new(metrics: Arc<Metrics>, target: &Target, protocol: &'static str) -> Self {
-        let active = metrics.active.with_label_values(&[target.tenant.as_str()]);
-        active.inc();
+    fn new(metrics: Arc<Metrics>, target: &Arc<Target>, protocol: &'static str) -> Self {
+        target.series(&metrics).active.inc();
         Self {
             metrics,
-            tenant: target.tenant.clone(),
-            app: target.app.name.clone(),
-            digest: target.app.digest.clone(),
+            target: target.clone(),
             protocol,
-            active,
             outcome: std::sync::Mutex::new(None),
             client_status: std::sync::Mutex::new(None),
         }
@@ -380,11 +382,8 @@ impl Drop for RequestRecord {
             .unwrap_or_else(|e| e.into_inner());
         let line = LogLine {
             metrics: self.metrics.clone(),
-            tenant: std::mem::take(&mut self.tenant),
-            app: std::mem::take(&mut self.app),
-            digest: std::mem::take(&mut self.digest),
+            target: self.target.clone(),
             protocol: self.protocol,
-            active: self.active.clone(),
             status: client_status.unwrap_or(outcome.status),
             outcome,
         };
@@ -403,29 +402,26 @@ impl Drop for RequestRecord {
 /// A request's log lines and counts, written when dropped (wherever that is).
 struct LogLine {
     metrics: Arc<Metrics>,
-    tenant: String,
-    app: String,
-    digest: String,
+    target: Arc<Target>,
     protocol: &'static str,
-    active: prometheus::IntGauge,
     status: http::StatusCode,
     outcome: Outcome,
 }
 
 impl Drop for LogLine {
     fn drop(&mut self) {
+        let series = self.target.series(&self.metrics);
         log_outcome(
             &self.metrics,
-            &self.tenant,
-            &self.app,
-            &self.digest,
+            series,
+            &self.target,
             self.protocol,
             &self.outcome,
             self.status,
         );
         // Last: the drain at shutdown waits for this, so the request is logged and counted
         // before the process exits.
-        self.active.dec();
+        series.active.dec();
     }
 }
 
@@ -479,43 +475,34 @@ async fn pass_through(
 
 fn log_outcome(
     metrics: &Metrics,
-    tenant: &str,
-    app: &str,
-    digest: &str,
+    series: &TenantSeries,
+    target: &Target,
     protocol: &str,
     outcome: &Outcome,
     status: http::StatusCode,
 ) {
+    let (tenant, app, digest) = (
+        target.tenant.as_str(),
+        target.app.name.as_str(),
+        target.app.digest.as_str(),
+    );
     metrics
         .requests
         .with_label_values(&[tenant, app, protocol, status.as_str()])
         .inc();
-    metrics
-        .duration
-        .with_label_values(&[tenant])
-        .observe(outcome.total.as_secs_f64());
-    metrics
+    series.duration.observe(outcome.total.as_secs_f64());
+    series
         .instantiate
-        .with_label_values(&[tenant])
         .observe(outcome.instantiate.as_secs_f64());
-    metrics
-        .queue_wait
-        .with_label_values(&[tenant])
-        .observe(outcome.queued.as_secs_f64());
-    metrics
-        .fuel_used
-        .with_label_values(&[tenant])
-        .inc_by(outcome.fuel_used);
-    if outcome.path != RunPath::NotRun {
-        metrics
-            .guest_runs
-            .with_label_values(&[tenant, outcome.path.label()])
-            .inc();
+    series.queue_wait.observe(outcome.queued.as_secs_f64());
+    series.fuel_used.inc_by(outcome.fuel_used);
+    match outcome.path {
+        RunPath::Pool => series.runs_pool.inc(),
+        RunPath::Inline => series.runs_inline.inc(),
+        RunPath::Moved => series.runs_moved.inc(),
+        RunPath::NotRun => {}
     }
-    metrics
-        .memory_peak
-        .with_label_values(&[tenant])
-        .observe(outcome.memory_peak as f64);
+    series.memory_peak.observe(outcome.memory_peak as f64);
     if let Some(failure) = &outcome.failure {
         metrics.record_failure(tenant, failure);
     }
