@@ -44,7 +44,15 @@ impl EnvBlock {
     /// One entry whose value is the concatenation of `parts`.
     pub fn push_parts(&mut self, key: &str, parts: &[&[u8]]) {
         // A NUL inside would split the entry; such a value cannot reach a guest intact.
-        if key.contains('\0') || key.contains('=') || parts.iter().any(|p| p.contains(&0)) {
+        if key.contains(['\0', '=']) {
+            return;
+        }
+        self.push_named(key, parts);
+    }
+
+    /// `push_parts` for a name of outpost's own (a CGI meta-variable): only the value is checked.
+    fn push_named(&mut self, key: &str, parts: &[&[u8]]) {
+        if parts.iter().any(|p| p.contains(&0)) {
             return;
         }
         self.bytes.extend_from_slice(key.as_bytes());
@@ -127,44 +135,46 @@ pub fn request_env(req: &CgiRequest<'_>, app_env: &EnvBlock) -> EnvBlock {
         ),
         count: 0,
     };
-    env.push("GATEWAY_INTERFACE", b"CGI/1.1");
-    env.push(
+    env.push_named("GATEWAY_INTERFACE", &[b"CGI/1.1"]);
+    env.push_named(
         "SERVER_SOFTWARE",
-        concat!("outpost/", env!("CARGO_PKG_VERSION")).as_bytes(),
+        &[concat!("outpost/", env!("CARGO_PKG_VERSION")).as_bytes()],
     );
-    env.push("REQUEST_METHOD", req.method.as_bytes());
-    env.push("SCRIPT_NAME", req.script_name.as_bytes());
+    env.push_named("REQUEST_METHOD", &[req.method.as_bytes()]);
+    env.push_named("SCRIPT_NAME", &[req.script_name.as_bytes()]);
     let path_info = req.path.strip_prefix(req.script_name).unwrap_or(req.path);
-    let decoded = percent_decode(path_info);
-    if decoded.contains(&0) {
-        env.push("PATH_INFO", path_info.as_bytes());
-    } else {
-        env.push("PATH_INFO", &decoded);
-    }
-    env.push("QUERY_STRING", req.query.as_bytes());
+    let decoded = path_info
+        .contains('%')
+        .then(|| percent_decode(path_info))
+        .filter(|decoded| !decoded.contains(&0));
+    env.push_named(
+        "PATH_INFO",
+        &[decoded.as_deref().unwrap_or(path_info.as_bytes())],
+    );
+    env.push_named("QUERY_STRING", &[req.query.as_bytes()]);
     if req.query.is_empty() {
-        env.push("REQUEST_URI", req.path.as_bytes());
+        env.push_named("REQUEST_URI", &[req.path.as_bytes()]);
     } else {
-        env.push_parts(
+        env.push_named(
             "REQUEST_URI",
             &[req.path.as_bytes(), b"?", req.query.as_bytes()],
         );
     }
-    env.push("SERVER_NAME", req.server_name.as_bytes());
+    env.push_named("SERVER_NAME", &[req.server_name.as_bytes()]);
     env.push_display("SERVER_PORT", req.server_port);
-    env.push("SERVER_PROTOCOL", req.protocol.as_bytes());
+    env.push_named("SERVER_PROTOCOL", &[req.protocol.as_bytes()]);
     match req.remote_addr {
         Some(ip) => env.push_display("REMOTE_ADDR", ip),
-        None => env.push("REMOTE_ADDR", b""),
+        None => env.push_named("REMOTE_ADDR", &[b""]),
     }
     if req.https {
-        env.push("HTTPS", b"on");
+        env.push_named("HTTPS", &[b"on"]);
     }
     for (name, value) in req.headers {
         if name.eq_ignore_ascii_case("content-type") {
-            env.push("CONTENT_TYPE", value);
+            env.push_named("CONTENT_TYPE", &[value]);
         } else if name.eq_ignore_ascii_case("content-length") {
-            env.push("CONTENT_LENGTH", value);
+            env.push_named("CONTENT_LENGTH", &[value]);
         } else if !is_safe_as_cgi_variable(name) {
             continue;
         } else {
