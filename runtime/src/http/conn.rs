@@ -251,13 +251,25 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let Some(deadline) = self.deadline(cx.waker()) else {
             return Poll::Pending;
         };
-        if self.sleep.deadline() != deadline {
-            self.sleep.as_mut().reset(deadline);
-        }
-        if Instant::now() >= deadline || self.sleep.as_mut().poll(cx).is_ready() {
+        if Instant::now() >= deadline {
             self.expired = true;
             self.activity.lock().timed_out = true;
             return Poll::Ready(Ok(()));
+        }
+        // The timer only wakes this task to look again; the deadline decides. Each request
+        // moves the deadline later, and a timer reset per request costs more than one early
+        // wake-up per idle period, so it is reset only to come earlier or once it has fired.
+        if deadline < self.sleep.deadline() || self.sleep.is_elapsed() {
+            self.sleep.as_mut().reset(deadline);
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            // Fired in between: the deadline has passed by now (a timer never fires early).
+            if Instant::now() >= deadline {
+                self.expired = true;
+                self.activity.lock().timed_out = true;
+                return Poll::Ready(Ok(()));
+            }
+            cx.waker().wake_by_ref();
         }
         Poll::Pending
     }
