@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use wasmer::sys::{FunctionMiddleware, MiddlewareReaderState, ModuleMiddleware};
 use wasmer::wasmparser::{BlockType, Operator};
 use wasmer::{
-    AsStoreMut, ExportIndex, GlobalInit, GlobalType, Instance, LocalFunctionIndex, ModuleInfo,
-    Mutability, Type, Value,
+    AsStoreMut, ExportIndex, Global, GlobalInit, GlobalType, Instance, LocalFunctionIndex,
+    ModuleInfo, Mutability, Type, Value,
 };
 use wasmer_types::MiddlewareError;
 
@@ -227,29 +227,40 @@ fn charge<'a>(state: &mut MiddlewareReaderState<'a>, g: Globals, cost: &[Operato
     ]);
 }
 
-/// Give the instance a fresh budget.
-pub fn set_fuel(store: &mut impl AsStoreMut, instance: &Instance, fuel: u64) -> bool {
-    instance
-        .exports
-        .get_global(REMAINING)
-        .map(|g| g.set(store, Value::I64(fuel as i64)).is_ok())
-        .unwrap_or(false)
+/// An instance's fuel globals, looked up by name once per request.
+pub struct Fuel {
+    remaining: Option<Global>,
+    exhausted: Option<Global>,
 }
 
-/// Fuel left, and whether the guest ran out.
-pub fn fuel_left(store: &mut impl AsStoreMut, instance: &Instance) -> (u64, bool) {
-    let exhausted = instance
-        .exports
-        .get_global(EXHAUSTED)
-        .ok()
-        .and_then(|g| g.get(store).i32())
-        .unwrap_or(0)
-        != 0;
-    let remaining = instance
-        .exports
-        .get_global(REMAINING)
-        .ok()
-        .and_then(|g| g.get(store).i64())
-        .unwrap_or(0) as u64;
-    (if exhausted { 0 } else { remaining }, exhausted)
+impl Fuel {
+    pub fn of(instance: &Instance) -> Self {
+        Self {
+            remaining: instance.exports.get_global(REMAINING).ok().cloned(),
+            exhausted: instance.exports.get_global(EXHAUSTED).ok().cloned(),
+        }
+    }
+
+    /// Give the instance a fresh budget.
+    pub fn set(&self, store: &mut impl AsStoreMut, fuel: u64) -> bool {
+        self.remaining
+            .as_ref()
+            .is_some_and(|g| g.set(store, Value::I64(fuel as i64)).is_ok())
+    }
+
+    /// Fuel left, and whether the guest ran out.
+    pub fn left(&self, store: &mut impl AsStoreMut) -> (u64, bool) {
+        let exhausted = self
+            .exhausted
+            .as_ref()
+            .and_then(|g| g.get(store).i32())
+            .unwrap_or(0)
+            != 0;
+        let remaining = self
+            .remaining
+            .as_ref()
+            .and_then(|g| g.get(store).i64())
+            .unwrap_or(0) as u64;
+        (if exhausted { 0 } else { remaining }, exhausted)
+    }
 }

@@ -892,7 +892,8 @@ impl Sandbox {
         guard: watchdog::Guard,
     ) -> Ran {
         let fuel = run.envelope.limits.fuel;
-        metering::set_fuel(store, instance, fuel);
+        let fuel_globals = metering::Fuel::of(instance);
+        fuel_globals.set(store, fuel);
         let instantiate = run.started.elapsed();
         let exports = &instance.exports;
         let result = match exports.get_function(metering::START_EXPORT) {
@@ -909,7 +910,7 @@ impl Sandbox {
             run.sliced();
         }
         let grow_denied = memory::take_grow_denied();
-        let (fuel_left, fuel_exhausted) = metering::fuel_left(store, instance);
+        let (fuel_left, fuel_exhausted) = fuel_globals.left(store);
         let mut exit_code = None;
         let failure = match result {
             Ok(()) => None,
