@@ -196,6 +196,28 @@ impl Tasks {
     }
 }
 
+/// The Date header for a response sent now, formatted once per second per thread (as hyper
+/// does for HTTP/1.1 and HTTP/2), not once per response.
+fn date_now() -> Option<http::HeaderValue> {
+    thread_local! {
+        static CACHED: std::cell::RefCell<Option<(u64, http::HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        match &*cached {
+            Some((at, value)) if *at == second => Some(value.clone()),
+            _ => {
+                let value = http::HeaderValue::from_str(&httpdate::fmt_http_date(now)).ok()?;
+                *cached = Some((second, value.clone()));
+                Some(value)
+            }
+        }
+    })
+}
+
 async fn serve_request(
     req: http::Request<()>,
     stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
@@ -209,9 +231,7 @@ async fn serve_request(
     // hyper adds Date to HTTP/1.1 and HTTP/2 responses (RFC 9110 6.6.1: an origin server with
     // a clock must send it); h3 leaves it to us.
     if !parts.headers.contains_key(http::header::DATE) {
-        if let Ok(date) =
-            http::HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
-        {
+        if let Some(date) = date_now() {
             parts.headers.insert(http::header::DATE, date);
         }
     }
