@@ -10,15 +10,15 @@ use std::sync::Mutex;
 use wasmer::sys::{FunctionMiddleware, MiddlewareReaderState, ModuleMiddleware};
 use wasmer::wasmparser::{BlockType, Operator};
 use wasmer::{
-    AsStoreMut, ExportIndex, Global, GlobalInit, GlobalType, Instance, LocalFunctionIndex,
-    ModuleInfo, Mutability, Type, Value,
+    AsStoreMut, ExportIndex, Global, GlobalInit, GlobalType, LocalFunctionIndex, ModuleInfo,
+    Mutability, Type, Value,
 };
 use wasmer_types::MiddlewareError;
 
 /// Part of the engine fingerprint: bump when the cost model, the globals or the exports change.
 pub const FUEL_MODEL: &str = "fuel-v2-bulk-by-length-start-exported";
-const REMAINING: &str = "outpost_fuel_remaining";
-const EXHAUSTED: &str = "outpost_fuel_exhausted";
+pub const REMAINING: &str = "outpost_fuel_remaining";
+pub const EXHAUSTED: &str = "outpost_fuel_exhausted";
 /// The module's start function, exported under this name instead of run by instantiation.
 pub const START_EXPORT: &str = "outpost_start";
 /// Fuel for anything that runs before the request's budget is set: nothing should (the start
@@ -227,17 +227,17 @@ fn charge<'a>(state: &mut MiddlewareReaderState<'a>, g: Globals, cost: &[Operato
     ]);
 }
 
-/// An instance's fuel globals, looked up by name once per request.
+/// An instance's fuel globals.
 pub struct Fuel {
     remaining: Option<Global>,
     exhausted: Option<Global>,
 }
 
 impl Fuel {
-    pub fn of(instance: &Instance) -> Self {
+    pub fn new(remaining: Option<Global>, exhausted: Option<Global>) -> Self {
         Self {
-            remaining: instance.exports.get_global(REMAINING).ok().cloned(),
-            exhausted: instance.exports.get_global(EXHAUSTED).ok().cloned(),
+            remaining,
+            exhausted,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod cgi;
 pub mod check;
 pub mod http_v1;
 pub mod inline;
+mod instantiate;
 pub mod io;
 pub mod memory;
 pub mod metering;
@@ -27,9 +28,7 @@ use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use wasmer::sys::{CompilerConfig, Cranelift, NativeEngineExt, Singlepass};
-use wasmer::{
-    Engine, Extern, FunctionEnv, Instance, InstantiationError, Module, RuntimeError, Store,
-};
+use wasmer::{Engine, Extern, FunctionEnv, InstantiationError, Module, RuntimeError, Store};
 use wasmer_types::{CompilationProgressCallback, TrapCode, UserAbort};
 
 use crate::error::{Failure, Limit};
@@ -164,6 +163,8 @@ pub struct App {
     /// The engine that loaded `module` (its code lives as long as the engine).
     engine: Engine,
     module: Module,
+    /// Where the exports a run uses are (`instantiate::Entries`).
+    entries: instantiate::Entries,
     link: Vec<Constructor>,
     /// argv (the app's name, then its arguments), for the lean host.
     args: Arc<EnvBlock>,
@@ -471,6 +472,7 @@ impl Sandbox {
             load_time: started.elapsed(),
             host: shape.host,
             engine,
+            entries: instantiate::Entries::of(&module),
             module,
             link,
             args: Arc::new(block_of(argv)),
@@ -780,11 +782,12 @@ impl Sandbox {
         // Only this thread touches a lean guest's memory (host functions run here too).
         let accounting = memory::FaultAccounting::begin();
         let charged = BudgetScope::enter(&budget);
-        let instantiated = Instance::new_by_index(&mut store, &app.module, &externs);
+        let instantiated =
+            instantiate::instantiate(&mut store, &app.module, &app.entries, &externs);
         drop(charged);
         drop(accounting);
-        let instance = match instantiated {
-            Ok(instance) => instance,
+        let linked = match instantiated {
+            Ok(linked) => linked,
             Err(e) => {
                 if guard.fired() {
                     run.sliced();
@@ -794,8 +797,8 @@ impl Sandbox {
                 return run.failed_early(failure);
             }
         };
-        func_env.as_mut(&mut store).memory = guest_memory(&instance);
-        let ran = self.call_start(&mut store, &instance, &run, guard);
+        func_env.as_mut(&mut store).memory = linked.memory.clone();
+        let ran = self.call_start(&mut store, &linked, &run, guard);
         let state = func_env.as_mut(&mut store);
         // Open subrequests end with the guest (their connections go back to the pool or close).
         state.outbound = None;
@@ -866,7 +869,12 @@ impl Sandbox {
         let _killer = self
             .watchdog
             .arm_with(run.deadline, store.interrupter(), Some(kill));
-        let ran = self.call_start(&mut store, &instance, &run, guard);
+        let ran = self.call_start(
+            &mut store,
+            &instantiate::Linked::of_instance(&instance),
+            &run,
+            guard,
+        );
         wasi_env.on_exit(&mut store, None);
         let memory_peak = budget.used();
         drop(store);
@@ -887,22 +895,20 @@ impl Sandbox {
     fn call_start(
         &self,
         store: &mut Store,
-        instance: &Instance,
+        linked: &instantiate::Linked,
         run: &Run<'_>,
         guard: watchdog::Guard,
     ) -> Ran {
         let fuel = run.envelope.limits.fuel;
-        let fuel_globals = metering::Fuel::of(instance);
-        fuel_globals.set(store, fuel);
+        linked.fuel.set(store, fuel);
         let instantiate = run.started.elapsed();
-        let exports = &instance.exports;
-        let result = match exports.get_function(metering::START_EXPORT) {
-            Ok(start) => start.call(store, &[]).map(|_| ()),
-            Err(_) => Ok(()),
+        let result = match &linked.metering_start {
+            Some(start) => start.call(store, &[]).map(|_| ()),
+            None => Ok(()),
         }
-        .and_then(|()| match exports.get_function("_start") {
+        .and_then(|()| match &linked.start {
             Ok(start) => start.call(store, &[]).map(|_| ()),
-            Err(e) => Err(RuntimeError::new(e.to_string())),
+            Err(why) => Err(RuntimeError::new(why.clone())),
         });
         let timed_out = guard.fired();
         drop(guard);
@@ -910,7 +916,7 @@ impl Sandbox {
             run.sliced();
         }
         let grow_denied = memory::take_grow_denied();
-        let (fuel_left, fuel_exhausted) = fuel_globals.left(store);
+        let (fuel_left, fuel_exhausted) = linked.fuel.left(store);
         let mut exit_code = None;
         let failure = match result {
             Ok(()) => None,
@@ -1065,21 +1071,6 @@ fn panicked() -> Failure {
 /// Whether the run panicked (without allocating, as every inline run asks).
 fn is_panicked(outcome: &Outcome) -> bool {
     matches!(&outcome.failure, Some(Failure::Internal(why)) if why == PANICKED)
-}
-
-/// The guest's linear memory, which host calls read and write: its export `memory`, else the
-/// one memory it exports under another name (the module check allows one memory).
-fn guest_memory(instance: &Instance) -> Option<wasmer::Memory> {
-    if let Ok(memory) = instance.exports.get_memory("memory") {
-        return Some(memory.clone());
-    }
-    instance
-        .exports
-        .iter()
-        .find_map(|(_, export)| match export {
-            Extern::Memory(memory) => Some(memory.clone()),
-            _ => None,
-        })
 }
 
 /// Complete the response, or replace it with the failure.

@@ -1,0 +1,178 @@
+//! A lean-host instance per request without what wasmer's `Instance::new_by_index` builds for
+//! every instance and a run never reads: a map of every export by name (each exported function
+//! and global wrapped in a new store object), a copy of the import list and a store check per
+//! import. The few exports a run uses are located once per module (`Entries`), and only those
+//! are wrapped per request.
+//!
+//! It takes the same two steps wasmer's own instantiation takes (`Artifact::instantiate`, then
+//! `Artifact::finish_instantiation`) and leaves the instance in the store the same way. What
+//! wasmer adds around them (the store context host calls look for, the interrupt registration)
+//! matters only while guest code runs inside instantiation, and none does here: the metering
+//! pass turns a module's start function into an export the sandbox calls under the request's
+//! deadline (`metering::START_EXPORT`), and a module that still declares one is instantiated
+//! by wasmer (`Entries::direct` is false).
+
+use wasmer::sys::vm::{StoreHandle, VMExtern};
+use wasmer::{
+    AsStoreMut, AsStoreRef, ExportError, ExportIndex, Extern, Function, Instance,
+    InstantiationError, Memory, Module, Store, VMExternToExtern,
+};
+
+use super::metering::{self, Fuel};
+
+/// Where a module's exports that a run uses are: found once, when the app is loaded.
+#[derive(Debug, Clone)]
+pub struct Entries {
+    /// `_start`, or why it cannot be called (the message wasmer's lookup would give).
+    start: Result<ExportIndex, String>,
+    /// The start function the metering pass moved to an export.
+    metering_start: Option<ExportIndex>,
+    remaining: Option<ExportIndex>,
+    exhausted: Option<ExportIndex>,
+    /// The export `memory`, else the one memory the module exports under another name.
+    memory: Option<ExportIndex>,
+    /// Whether `instantiate` may skip wasmer's instantiation (see the module's comment).
+    direct: bool,
+}
+
+impl Entries {
+    pub fn of(module: &Module) -> Self {
+        let info = module.info();
+        let function = |name: &str| match info.exports.get(name) {
+            Some(index @ ExportIndex::Function(_)) => Ok(*index),
+            Some(_) => Err(ExportError::IncompatibleType.to_string()),
+            None => Err(ExportError::Missing(name.to_string()).to_string()),
+        };
+        let global = |name: &str| match info.exports.get(name) {
+            Some(index @ ExportIndex::Global(_)) => Some(*index),
+            _ => None,
+        };
+        let memory = match info.exports.get("memory") {
+            Some(index @ ExportIndex::Memory(_)) => Some(*index),
+            _ => info
+                .exports
+                .values()
+                .find(|index| matches!(index, ExportIndex::Memory(_)))
+                .copied(),
+        };
+        Self {
+            start: function("_start"),
+            metering_start: function(metering::START_EXPORT).ok(),
+            remaining: global(metering::REMAINING),
+            exhausted: global(metering::EXHAUSTED),
+            memory,
+            direct: info.start_function.is_none() && module.sys_artifact().is_some(),
+        }
+    }
+}
+
+/// What a run uses of its instance.
+pub struct Linked {
+    /// `_start`, or why it cannot be called.
+    pub start: Result<Function, String>,
+    pub metering_start: Option<Function>,
+    pub fuel: Fuel,
+    pub memory: Option<Memory>,
+}
+
+impl Linked {
+    /// The same, from an instance wasmer made (its exports looked up by name).
+    pub fn of_instance(instance: &Instance) -> Self {
+        let exports = &instance.exports;
+        let memory = exports.get_memory("memory").ok().cloned().or_else(|| {
+            exports.iter().find_map(|(_, export)| match export {
+                Extern::Memory(memory) => Some(memory.clone()),
+                _ => None,
+            })
+        });
+        Self {
+            start: exports
+                .get_function("_start")
+                .cloned()
+                .map_err(|e| e.to_string()),
+            metering_start: exports.get_function(metering::START_EXPORT).ok().cloned(),
+            fuel: Fuel::new(
+                exports.get_global(metering::REMAINING).ok().cloned(),
+                exports.get_global(metering::EXHAUSTED).ok().cloned(),
+            ),
+            memory,
+        }
+    }
+}
+
+/// A new instance of `module` in `store`, linked to `imports` (made in `store`, in the order of
+/// the module's imports). The memories and tables come from the store's engine's tunables, as
+/// with wasmer's instantiation.
+pub fn instantiate(
+    store: &mut Store,
+    module: &Module,
+    entries: &Entries,
+    imports: &[Extern],
+) -> Result<Linked, InstantiationError> {
+    let artifact = match module.sys_artifact() {
+        Some(artifact) if entries.direct => artifact,
+        _ => {
+            let instance = Instance::new_by_index(store, module, imports)?;
+            return Ok(Linked::of_instance(&instance));
+        }
+    };
+    if !artifact.allocated() {
+        return Err(InstantiationError::DifferentArchOS);
+    }
+    let vm_imports: Vec<VMExtern> = imports
+        .iter()
+        .map(|import| import.to_vm_extern().unwrap_sys())
+        .collect();
+    let engine = store.engine().clone();
+    let tunables = engine.as_sys().tunables();
+    let signal_handler = store.as_store_ref().signal_handler();
+    // SAFETY: every import was made in this store (the caller's contract), listed in the
+    // module's import order, and the objects are the store's own.
+    let mut handle =
+        unsafe { artifact.instantiate(tunables, &vm_imports, store.objects_mut().as_sys_mut()) }?;
+    // SAFETY: `handle` is the instance `Artifact::instantiate` just made from this artifact.
+    // With no start function, this only initializes tables and memories: no guest code runs
+    // (which would need the store context wasmer installs around it).
+    let finished =
+        unsafe { artifact.finish_instantiation(tunables.vmconfig(), signal_handler, &mut handle) };
+    let found = finished.map(|()| {
+        let mut find = |index: Option<ExportIndex>| index.map(|i| handle.lookup_by_declaration(i));
+        let metering_start = find(entries.metering_start);
+        let remaining = find(entries.remaining);
+        let exhausted = find(entries.exhausted);
+        let memory = find(entries.memory);
+        let start = entries
+            .start
+            .clone()
+            .map(|i| handle.lookup_by_declaration(i));
+        (start, metering_start, remaining, exhausted, memory)
+    });
+    // Kept in the store whatever happened, as wasmer does: a partly initialized instance may
+    // already be referred to from elsewhere in the store.
+    StoreHandle::new(store.objects_mut().as_sys_mut(), handle);
+    let (start, metering_start, remaining, exhausted, memory) = found?;
+    let start = start.and_then(|e| match e.to_extern(store) {
+        Extern::Function(f) => Ok(f),
+        _ => Err(ExportError::IncompatibleType.to_string()),
+    });
+    let function = |store: &mut Store, e: Option<VMExtern>| match e.map(|e| e.to_extern(store)) {
+        Some(Extern::Function(f)) => Some(f),
+        _ => None,
+    };
+    let global = |store: &mut Store, e: Option<VMExtern>| match e.map(|e| e.to_extern(store)) {
+        Some(Extern::Global(g)) => Some(g),
+        _ => None,
+    };
+    let metering_start = function(store, metering_start);
+    let fuel = Fuel::new(global(store, remaining), global(store, exhausted));
+    let memory = match memory.map(|e| e.to_extern(store)) {
+        Some(Extern::Memory(m)) => Some(m),
+        _ => None,
+    };
+    Ok(Linked {
+        start,
+        metering_start,
+        fuel,
+        memory,
+    })
+}
