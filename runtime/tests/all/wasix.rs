@@ -86,5 +86,10 @@ app = "hello"
         "the tenant's hello waited {took:?} behind its sleeping wasix guests"
     );
     // The sleepers end at their deadline.
-    assert!(load.join().expect("load").iter().all(|s| *s == 504));
+    let statuses = load.join().expect("load");
+    assert!(
+        statuses.iter().all(|s| *s == 504),
+        "the sleepers' statuses: {statuses:?}\n{}",
+        node.log_text()
+    );
 }
