@@ -13,6 +13,7 @@
 //! by wasmer (`Entries::direct` is false).
 
 use wasmer::sys::vm::{StoreHandle, VMExtern};
+use wasmer::sys::Tunables;
 use wasmer::{
     AsStoreMut, AsStoreRef, ExportError, ExportIndex, Extern, Function, Instance,
     InstantiationError, Memory, Module, Store, VMExternToExtern,
@@ -100,11 +101,12 @@ impl Linked {
     }
 }
 
-/// A new instance of `module` in `store`, linked to `imports` (made in `store`, in the order of
-/// the module's imports). The memories and tables come from the store's engine's tunables, as
-/// with wasmer's instantiation.
+/// A new instance of `module` in `store`, linked to `imports` (in the order of the module's
+/// imports). Its memories and tables come from `tunables`, which must be those of the store's
+/// engine (`App::store_engine` sets them from the same envelope).
 pub fn instantiate(
     store: &mut Store,
+    tunables: &dyn Tunables,
     module: &Module,
     entries: &Entries,
     imports: &[Extern],
@@ -119,15 +121,17 @@ pub fn instantiate(
     if !artifact.allocated() {
         return Err(InstantiationError::DifferentArchOS);
     }
+    // Handles from another store would be read as this store's (wasmer checks the same).
+    if imports.iter().any(|import| !import.is_from_store(store)) {
+        return Err(InstantiationError::DifferentStores);
+    }
     let vm_imports: Vec<VMExtern> = imports
         .iter()
         .map(|import| import.to_vm_extern().unwrap_sys())
         .collect();
-    let engine = store.engine().clone();
-    let tunables = engine.as_sys().tunables();
     let signal_handler = store.as_store_ref().signal_handler();
-    // SAFETY: every import was made in this store (the caller's contract), listed in the
-    // module's import order, and the objects are the store's own.
+    // SAFETY: every import is from this store (checked above), the resolver checks their
+    // number and types against the module's, and the objects are the store's own.
     let mut handle =
         unsafe { artifact.instantiate(tunables, &vm_imports, store.objects_mut().as_sys_mut()) }?;
     // SAFETY: `handle` is the instance `Artifact::instantiate` just made from this artifact.

@@ -782,8 +782,13 @@ impl Sandbox {
         // Only this thread touches a lean guest's memory (host functions run here too).
         let accounting = memory::FaultAccounting::begin();
         let charged = BudgetScope::enter(&budget);
-        let instantiated =
-            instantiate::instantiate(&mut store, &app.module, &app.entries, &externs);
+        let instantiated = instantiate::instantiate(
+            &mut store,
+            &run.envelope.tunables,
+            &app.module,
+            &app.entries,
+            &externs,
+        );
         drop(charged);
         drop(accounting);
         let linked = match instantiated {

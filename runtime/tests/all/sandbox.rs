@@ -326,6 +326,45 @@ fn a_memory_reused_at_the_same_size_is_clean_with_or_without_a_scan() {
     }
 }
 
+/// A data or element segment past the end of its memory or table traps while the instance is
+/// made: that request fails as a trap (500), its memory goes back to the pool, and the
+/// sandbox serves the next request.
+#[test]
+fn a_segment_out_of_bounds_fails_its_request_as_a_trap() {
+    let h = Harness::new();
+    let envelope = Arc::new(h.sandbox.envelope(Limits::default()));
+    let hello = h.load_file(&wat_guest("hello"));
+    for (what, wat) in [
+        (
+            "data",
+            r#"(module (memory (export "memory") 1) (data (i32.const 65535) "ab")
+                 (func (export "_start")))"#,
+        ),
+        (
+            "element",
+            r#"(module (memory (export "memory") 1) (table 1 funcref) (func $f)
+                 (elem (i32.const 1) $f) (func (export "_start")))"#,
+        ),
+    ] {
+        let app = h.load_wat(wat);
+        let got = h.call(&app, &envelope, b"").expect_err(what);
+        assert_eq!(
+            got.kind(),
+            Failure::Trap(String::new()).kind(),
+            "{what}: {got}"
+        );
+        assert!(got.to_string().contains("out of bounds"), "{what}: {got}");
+        assert_eq!(got.status().as_u16(), 500, "{what}");
+        assert!(h.sandbox.idle_memories() >= 1, "{what}: the memory is back");
+        let (status, body) = h.call(&hello, &envelope, b"").expect("hello after it");
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"hello\n"[..]),
+            "after {what}"
+        );
+    }
+}
+
 #[test]
 fn a_rust_std_guest_runs_with_its_body_on_stdin() {
     let h = Harness::new();
