@@ -264,17 +264,20 @@ where
         conn.protocol,
     ));
     let guest_side = record.clone();
-    let start_rx = shared.sandbox.dispatch_outbound(
-        target.app.clone(),
-        target.envelope.clone(),
-        GuestRequest { env, input },
-        outbound,
-        tokio::runtime::Handle::current(),
-        move |outcome| {
-            drop(permit);
-            guest_side.guest_ended(outcome);
-        },
-    );
+    let start_rx = shared
+        .sandbox
+        .dispatch_turn(
+            target.app.clone(),
+            target.envelope.clone(),
+            GuestRequest { env, input },
+            outbound,
+            tokio::runtime::Handle::current(),
+            move |outcome| {
+                drop(permit);
+                guest_side.guest_ended(outcome);
+            },
+        )
+        .await;
     let start = start_rx
         .await
         .unwrap_or_else(|_| Err(Failure::Internal("the worker dropped the request".into())));

@@ -548,6 +548,56 @@ impl Sandbox {
         self.dispatch_outbound(app, envelope, request, None, handle, on_done)
     }
 
+    /// `dispatch_outbound`, for a caller on an async thread that can wait: a request that
+    /// qualifies for the inline path but finds its tenant's slots taken waits for one in the
+    /// lane's FIFO, like a job, and then runs here, not on a guest thread. Without this, once
+    /// guest threads hold the slots with queued jobs (after a run moved, say), every request
+    /// that follows queues behind them and the inline path is not taken again while load lasts.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn dispatch_turn(
+        self: &Arc<Self>,
+        app: Arc<App>,
+        envelope: Arc<Envelope>,
+        request: Request,
+        outbound: Option<Outbound>,
+        handle: Handle,
+        on_done: impl FnOnce(Outcome) + Send + 'static,
+    ) -> oneshot::Receiver<Result<Started, Failure>> {
+        if outbound.is_some() || !self.inline_qualifies(&app, &request, &handle) {
+            return self.dispatch_outbound(app, envelope, request, outbound, handle, on_done);
+        }
+        let queued_at = Instant::now();
+        if !envelope.lane.try_take() {
+            let turn = self.pool.turn(&envelope.lane);
+            if tokio::time::timeout(envelope.lane.max_wait(), turn)
+                .await
+                .is_err()
+            {
+                let (mut output, start_rx) = GuestOutput::new(envelope.limits.response_body);
+                output.fail(Failure::Limit(Limit::Queue));
+                on_done(Outcome::refused(
+                    Failure::Limit(Limit::Queue),
+                    queued_at.elapsed(),
+                ));
+                return start_rx;
+            }
+        }
+        let queued = queued_at.elapsed();
+        match self.run_inline(&app, &envelope, request, &handle) {
+            Inline::Done(mut outcome, start_rx) => {
+                outcome.queued = queued;
+                on_done(outcome);
+                start_rx
+            }
+            Inline::Moved(again, started) => {
+                self.submit(app, envelope, again, Some(started), None, handle, on_done)
+            }
+            Inline::NotTried(again) => {
+                self.submit(app, envelope, again, None, None, handle, on_done)
+            }
+        }
+    }
+
     /// `dispatch`, for an app that may send subrequests to its backends.
     pub fn dispatch_outbound(
         self: &Arc<Self>,
@@ -573,6 +623,22 @@ impl Sandbox {
                 Inline::NotTried(again) => request = again,
             }
         }
+        self.submit(app, envelope, request, from, outbound, handle, on_done)
+    }
+
+    /// Queue the request for a guest thread under its tenant's lane; `from`: when it started
+    /// inline before it moved (its deadline counts from then).
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        self: &Arc<Self>,
+        app: Arc<App>,
+        envelope: Arc<Envelope>,
+        request: Request,
+        from: Option<Instant>,
+        outbound: Option<Outbound>,
+        handle: Handle,
+        on_done: impl FnOnce(Outcome) + Send + 'static,
+    ) -> oneshot::Receiver<Result<Started, Failure>> {
         let (mut output, start_rx) = GuestOutput::new(envelope.limits.response_body);
         let sandbox = self.clone();
         let lane = envelope.lane.clone();
@@ -618,22 +684,39 @@ impl Sandbox {
         request: Request,
         handle: &Handle,
     ) -> Inline {
+        if !self.inline_qualifies(app, &request, handle) || !envelope.lane.try_take() {
+            return Inline::NotTried(request);
+        }
+        self.run_inline(app, envelope, request, handle)
+    }
+
+    /// Whether the request may run on the async thread that received it (`try_inline`).
+    fn inline_qualifies(&self, app: &App, request: &Request, handle: &Handle) -> bool {
+        let Some(body) = request.input.whole() else {
+            return false;
+        };
+        self.config.inline
+            && app.host == HostKind::Lean
+            && app.init_bytes <= inline::INIT_BYTES_MAX
+            && body.len() <= inline::BODY_MAX
+            && app.inline.allowed(Instant::now())
+            && handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+    }
+
+    /// Run a qualifying request here, under the lane slot the caller took; the slot is given
+    /// back when the run ends or moves.
+    fn run_inline(
+        &self,
+        app: &App,
+        envelope: &Envelope,
+        request: Request,
+        handle: &Handle,
+    ) -> Inline {
         let now = Instant::now();
         let Some(body) = request.input.whole() else {
+            self.pool.give_back(&envelope.lane);
             return Inline::NotTried(request);
         };
-        if !self.config.inline
-            || app.host != HostKind::Lean
-            || app.init_bytes > inline::INIT_BYTES_MAX
-            || body.len() > inline::BODY_MAX
-            || !app.inline.allowed(now)
-            || handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            return Inline::NotTried(request);
-        }
-        if !envelope.lane.try_take() {
-            return Inline::NotTried(request);
-        }
         // What a second run needs, should this one move: the body and the environment, both
         // shared, not copied.
         let env = request.env.clone();
@@ -1148,6 +1231,85 @@ mod tests {
             env,
             |_: wasmer::FunctionEnvMut<HostState>| -> i32 { panic!("a bug in a host call") },
         )
+    }
+
+    /// A request that qualifies for the inline path but finds its tenant's slot taken waits
+    /// its turn in the lane and then runs on its async thread, not on a guest thread; if its
+    /// turn does not come within the lane's wait, it is refused (503) and the slot stays sound.
+    #[test]
+    fn a_request_that_finds_its_slot_taken_waits_its_turn_and_runs_inline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = SandboxConfig::new(dir.path().into());
+        config.workers = 1;
+        let sandbox = Sandbox::new(config).expect("sandbox");
+        let wat = r#"(module
+            (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 16) "\r\nok")
+            (func (export "_start")
+              (i32.store (i32.const 0) (i32.const 16))
+              (i32.store (i32.const 4) (i32.const 4))
+              (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+        let bytes = wasmer::wat2wasm(wat.as_bytes()).expect("wat");
+        let app = Arc::new(sandbox.load("ok", &bytes, vec![], &[]).expect("load"));
+        let envelope = Arc::new(sandbox.envelope(Limits {
+            timeout: Duration::from_millis(300),
+            ..Limits::default()
+        }));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        for held in [Duration::from_millis(50), Duration::from_millis(600)] {
+            // The tenant's one slot, held as a guest thread's run would hold it.
+            assert!(envelope.lane.try_take());
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let (sb, app, env) = (sandbox.clone(), app.clone(), envelope.clone());
+            let handle = rt.handle().clone();
+            let response = rt.spawn(async move {
+                let request = Request {
+                    env: Arc::new(EnvBlock::default()),
+                    input: GuestInput::fixed(bytes::Bytes::new()),
+                };
+                let start = sb
+                    .dispatch_turn(app, env, request, None, handle, move |outcome| {
+                        let _ = done_tx.send(outcome);
+                    })
+                    .await;
+                start.await.map(|started| started.map(|s| s.first))
+            });
+            let until = Instant::now() + Duration::from_secs(5);
+            while envelope.lane.waiting() == 0 {
+                assert!(
+                    Instant::now() < until,
+                    "the request never waited for a turn"
+                );
+                std::thread::yield_now();
+            }
+            std::thread::sleep(held);
+            sandbox.pool.give_back(&envelope.lane);
+            let outcome = done_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("an outcome");
+            let first = rt.block_on(response).expect("task").expect("start");
+            if held < envelope.lane.max_wait() {
+                assert_eq!(outcome.failure, None, "held {held:?}");
+                assert_eq!(outcome.path, RunPath::Inline, "held {held:?}");
+                assert!(outcome.queued >= held, "queued {:?}", outcome.queued);
+                assert_eq!(first.expect("response").as_ref(), b"ok");
+            } else {
+                assert_eq!(outcome.failure, Some(Failure::Limit(Limit::Queue)));
+                assert_eq!(outcome.path, RunPath::NotRun);
+                assert!(first.is_err(), "refused, not answered");
+            }
+            assert!(
+                envelope.lane.try_take(),
+                "held {held:?}: the slot is free again"
+            );
+            sandbox.pool.give_back(&envelope.lane);
+            assert_eq!(envelope.lane.waiting(), 0);
+        }
     }
 
     #[test]

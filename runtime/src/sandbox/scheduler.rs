@@ -58,9 +58,34 @@ impl Resumer {
     }
 }
 
+/// A request waiting on an async thread for a slot to run on that thread (`Pool::turn`).
+struct Turn {
+    /// WAITING, GRANTED or ABANDONED.
+    state: AtomicU8,
+    waker: Mutex<Option<std::task::Waker>>,
+}
+
+impl Turn {
+    /// Hand it the slot; false if it stopped waiting. The caller wakes it once it has let go
+    /// of the lane's lock.
+    fn grant(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, GRANTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn wake(&self) {
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
 enum Waiter {
     New(Queued),
     Resume(Arc<Resumer>),
+    Turn(Arc<Turn>),
 }
 
 struct LaneState {
@@ -89,6 +114,11 @@ impl Lane {
         })
     }
 
+    /// How long a new job may wait for a slot before it is refused.
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+
     /// New jobs waiting for a CPU slot now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
@@ -104,6 +134,7 @@ impl Lane {
     /// waited too long are refused on the way.
     fn release(&self) -> Option<Queued> {
         let mut expired = Vec::new();
+        let mut turn = None;
         let next = {
             let mut state = self.lock();
             loop {
@@ -121,6 +152,13 @@ impl Lane {
                             break None;
                         }
                     }
+                    Some(Waiter::Turn(t)) => {
+                        self.waiting.fetch_sub(1, Ordering::Relaxed);
+                        if t.grant() {
+                            turn = Some(t);
+                            break None;
+                        }
+                    }
                     None => {
                         state.free += 1;
                         break None;
@@ -128,6 +166,9 @@ impl Lane {
                 }
             }
         };
+        if let Some(t) = turn {
+            t.wake();
+        }
         for q in expired {
             (q.job)(Start::Expired(q.at.elapsed()));
         }
@@ -174,6 +215,72 @@ impl Lane {
                     .is_err();
             }
             std::thread::park_timeout(deadline - now);
+        }
+    }
+}
+
+/// `Pool::turn`'s future.
+pub struct TurnWait {
+    pool: Pool,
+    lane: Arc<Lane>,
+    turn: Option<Arc<Turn>>,
+    done: bool,
+}
+
+impl std::future::Future for TurnWait {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let this = &mut *self;
+        if this.done {
+            return std::task::Poll::Ready(());
+        }
+        let turn = match &this.turn {
+            Some(turn) => turn.clone(),
+            None => {
+                let mut state = this.lane.lock();
+                if state.free > 0 && state.queue.is_empty() {
+                    state.free -= 1;
+                    this.done = true;
+                    return std::task::Poll::Ready(());
+                }
+                let turn = Arc::new(Turn {
+                    state: AtomicU8::new(WAITING),
+                    waker: Mutex::new(Some(cx.waker().clone())),
+                });
+                this.lane.waiting.fetch_add(1, Ordering::Relaxed);
+                state.queue.push_back(Waiter::Turn(turn.clone()));
+                this.turn = Some(turn);
+                return std::task::Poll::Pending;
+            }
+        };
+        // The waker goes in before the state is read: a grant after the read finds it.
+        *turn.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        if turn.state.load(Ordering::Acquire) == GRANTED {
+            this.done = true;
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for TurnWait {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(turn) = &self.turn {
+            let abandoned = turn
+                .state
+                .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if !abandoned {
+                // Granted as it was dropped: the slot is ours, and nobody will use it.
+                self.pool.give_back(&self.lane);
+            }
         }
     }
 }
@@ -230,6 +337,19 @@ impl Pool {
     pub fn give_back(&self, lane: &Lane) {
         if let Some(next) = lane.release() {
             self.hand_to_thread(next);
+        }
+    }
+
+    /// A slot of `lane` for a run on the calling async thread: at once if one is free and
+    /// nobody waits for one, else after the lane's earlier waiters (in the same FIFO as the
+    /// jobs). Dropped before it resolves, it gives up its place, or the slot if it was just
+    /// granted; once resolved, the slot is the caller's until `give_back`.
+    pub fn turn(&self, lane: &Arc<Lane>) -> TurnWait {
+        TurnWait {
+            pool: self.clone(),
+            lane: lane.clone(),
+            turn: None,
+            done: false,
         }
     }
 
@@ -540,6 +660,74 @@ mod tests {
             rx.recv_timeout(Duration::from_secs(5)).expect("second"),
             ("sleeper", true)
         );
+    }
+
+    /// Poll a future once, with a waker that records whether it was woken.
+    fn poll_once<F: std::future::Future + Unpin>(
+        future: &mut F,
+        woken: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::task::Poll<F::Output> {
+        struct Flag(Arc<std::sync::atomic::AtomicBool>);
+        impl std::task::Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let waker = std::task::Waker::from(Arc::new(Flag(woken.clone())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        std::pin::Pin::new(future).poll(&mut cx)
+    }
+
+    #[test]
+    fn a_turn_waits_in_the_lanes_order_and_gives_back_a_slot_it_no_longer_wants() {
+        let pool = Pool::new(1, 4);
+        let lane = Lane::new(1, Duration::from_secs(10));
+        let woken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // A free slot: the turn is at once.
+        let mut free = pool.turn(&lane);
+        assert!(poll_once(&mut free, &woken).is_ready());
+        drop(free);
+        // The slot is held (by that turn): a job, then a turn, wait in that order.
+        let (tx, rx) = mpsc::channel();
+        pool.submit(
+            &lane,
+            Box::new(move |start| {
+                let _ = tx.send(matches!(start, Start::Run(_)));
+            }),
+        );
+        let mut turn = pool.turn(&lane);
+        assert!(poll_once(&mut turn, &woken).is_pending());
+        assert_eq!(lane.waiting(), 2, "the job and the turn");
+        pool.give_back(&lane);
+        assert!(rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the job ran first"));
+        // The job's thread gives the slot to the turn.
+        let until = Instant::now() + Duration::from_secs(5);
+        while !woken.load(Ordering::SeqCst) {
+            assert!(Instant::now() < until, "the turn was never woken");
+            std::thread::yield_now();
+        }
+        assert!(poll_once(&mut turn, &woken).is_ready());
+        assert!(!lane.try_take(), "the turn holds the slot");
+        pool.give_back(&lane);
+        // A turn granted but dropped before it saw the grant gives the slot back.
+        assert!(lane.try_take());
+        let mut late = pool.turn(&lane);
+        assert!(poll_once(&mut late, &woken).is_pending());
+        pool.give_back(&lane);
+        drop(late);
+        assert!(
+            lane.try_take(),
+            "the granted, dropped turn gave its slot back"
+        );
+        // A turn dropped while waiting gives up its place: the slot goes to the free count.
+        let mut gone = pool.turn(&lane);
+        assert!(poll_once(&mut gone, &woken).is_pending());
+        drop(gone);
+        pool.give_back(&lane);
+        assert!(lane.try_take(), "nobody holds the slot");
+        assert_eq!(lane.waiting(), 0);
     }
 
     #[test]
