@@ -15,7 +15,8 @@
 //! request runs again from the start on a pool thread, under the deadline of the instant the
 //! attempt started. Its app then stays off the inline path for a while (`FIRST_BACKOFF`,
 //! doubled for each move in a row, up to `BACKOFF`), as does an app whose inline runs average
-//! more than `MAX_AVERAGE_RUN` (for `BACKOFF`): inline is for the short guests an edge serves
+//! more than `MAX_AVERAGE_RUN` (for `BACKOFF`; each run counted up to `RUN_CLAMP`, so a run
+//! preempted on a busy core does not count as a slow app): inline is for the short guests an edge serves
 //! most. An async thread running a guest serves no connection meanwhile, so what bounds that
 //! stall is the slice for one request, and the average for an app's stream of requests; a slow
 //! or sleeping guest costs an async thread one slice per backoff. An inline run holds one of
@@ -39,6 +40,13 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Inline runs averaging more than this (an exponential average) are better on a pool thread:
 /// the hand-off they would save is a few microseconds.
 pub const MAX_AVERAGE_RUN: Duration = Duration::from_micros(250);
+/// What one run adds to the average at most. Runs are timed by the wall clock, and on a busy
+/// core a short guest's run is sometimes preempted for milliseconds: without the clamp (and a
+/// weight of 1/32) one such run took its app off the inline path for `BACKOFF`, and a node
+/// under load could lose the path for good, ten seconds at a time. An app whose runs all take
+/// `RUN_CLAMP` still leaves within about ten; one whose runs are short but preempted a quarter
+/// of the time stays.
+pub const RUN_CLAMP: Duration = Duration::from_millis(1);
 /// Response bytes an inline attempt may hold before it moves (they are sent when it ends).
 pub const HELD_OUTPUT_MAX: usize = 256 << 10;
 /// Bytes an app's instantiation writes (data segments, tables' initial elements at 16 bytes
@@ -133,11 +141,11 @@ impl AppRecord {
     /// An inline run completed in `took`.
     pub fn ran(&self, took: Duration, now: Instant) {
         self.moves.store(0, Ordering::Relaxed);
-        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let took = u64::try_from(took.min(RUN_CLAMP).as_nanos()).unwrap_or(u64::MAX);
         let old = self.average.load(Ordering::Relaxed);
-        // Weight 1/8, from zero: one slow start (a cold memory, a first fault) does not take
-        // an app off the path; a few long runs in a row do.
-        let new = old - old / 8 + took / 8;
+        // Weight 1/32, from zero: a slow start (a cold memory, a first fault) or a preempted
+        // run does not take an app off the path; about ten long runs in a row do.
+        let new = old - old / 32 + took / 32;
         self.average.store(new, Ordering::Relaxed);
         if new > MAX_AVERAGE_RUN.as_nanos() as u64 {
             self.back_off(now);
@@ -195,7 +203,22 @@ mod tests {
             runs += 1;
         }
         assert!(!record.allowed(now), "long runs leave the inline path");
-        assert!(runs <= 8, "within a few long runs, not {runs}");
+        assert!(runs <= 12, "within a few long runs, not {runs}");
+
+        // Short runs of which every fifth was preempted for 5 ms (wall time) stay inline.
+        let record = AppRecord::default();
+        for i in 0..1_000 {
+            let took = if i % 5 == 4 {
+                Duration::from_millis(5)
+            } else {
+                Duration::from_micros(10)
+            };
+            record.ran(took, now);
+        }
+        assert!(
+            record.allowed(now),
+            "a preempted run now and then stays inline"
+        );
     }
 
     #[test]
