@@ -566,7 +566,10 @@ impl Sandbox {
         if outbound.is_some() || !self.inline_qualifies(&app, &request, &handle) {
             return self.dispatch_outbound(app, envelope, request, outbound, handle, on_done);
         }
+        // Dropped while it waits (the client went away), the request is counted as the
+        // client's leaving, not as a failure of outpost's.
         let queued_at = Instant::now();
+        let on_done = Unheard::new(on_done, queued_at);
         if !envelope.lane.try_take() {
             let turn = self.pool.turn(&envelope.lane);
             if tokio::time::timeout(envelope.lane.max_wait(), turn)
@@ -575,7 +578,7 @@ impl Sandbox {
             {
                 let (mut output, start_rx) = GuestOutput::new(envelope.limits.response_body);
                 output.fail(Failure::Limit(Limit::Queue));
-                on_done(Outcome::refused(
+                on_done.call(Outcome::refused(
                     Failure::Limit(Limit::Queue),
                     queued_at.elapsed(),
                 ));
@@ -583,6 +586,12 @@ impl Sandbox {
             }
         }
         let queued = queued_at.elapsed();
+        let on_done = move |outcome| on_done.call(outcome);
+        // The app may have left the inline path while this request waited (an earlier run
+        // moved): then a guest thread runs it, under the slot it now holds.
+        if !app.inline.allowed(Instant::now()) {
+            return self.submit(app, envelope, request, Held::Yes, None, handle, on_done);
+        }
         match self.run_inline(&app, &envelope, request, &handle) {
             Inline::Done(mut outcome, start_rx) => {
                 outcome.queued = queued;
@@ -590,10 +599,11 @@ impl Sandbox {
                 start_rx
             }
             Inline::Moved(again, started) => {
-                self.submit(app, envelope, again, Some(started), None, handle, on_done)
+                let held = Held::Since(started);
+                self.submit(app, envelope, again, held, None, handle, on_done)
             }
             Inline::NotTried(again) => {
-                self.submit(app, envelope, again, None, None, handle, on_done)
+                self.submit(app, envelope, again, Held::Yes, None, handle, on_done)
             }
         }
     }
@@ -609,7 +619,6 @@ impl Sandbox {
         on_done: impl FnOnce(Outcome) + Send + 'static,
     ) -> oneshot::Receiver<Result<Started, Failure>> {
         let mut request = request;
-        let mut from = None;
         if outbound.is_none() {
             match self.try_inline(&app, &envelope, request, &handle) {
                 Inline::Done(outcome, start_rx) => {
@@ -617,61 +626,66 @@ impl Sandbox {
                     return start_rx;
                 }
                 Inline::Moved(again, started) => {
-                    request = again;
-                    from = Some(started);
+                    let held = Held::Since(started);
+                    return self.submit(app, envelope, again, held, None, handle, on_done);
                 }
                 Inline::NotTried(again) => request = again,
             }
         }
-        self.submit(app, envelope, request, from, outbound, handle, on_done)
+        self.submit(app, envelope, request, Held::No, outbound, handle, on_done)
     }
 
-    /// Queue the request for a guest thread under its tenant's lane; `from`: when it started
-    /// inline before it moved (its deadline counts from then).
+    /// Run the request on a guest thread: queued in its tenant's lane, or at once under the
+    /// slot it already holds (`held`).
     #[allow(clippy::too_many_arguments)]
     fn submit(
         self: &Arc<Self>,
         app: Arc<App>,
         envelope: Arc<Envelope>,
         request: Request,
-        from: Option<Instant>,
+        held: Held,
         outbound: Option<Outbound>,
         handle: Handle,
         on_done: impl FnOnce(Outcome) + Send + 'static,
     ) -> oneshot::Receiver<Result<Started, Failure>> {
+        let from = match held {
+            Held::Since(started) => Some(started),
+            Held::No | Held::Yes => None,
+        };
         let (mut output, start_rx) = GuestOutput::new(envelope.limits.response_body);
         let sandbox = self.clone();
         let lane = envelope.lane.clone();
-        self.pool.submit(
-            &lane,
-            Box::new(move |start| {
-                let refused = match start {
-                    scheduler::Start::Run(queued) => {
-                        let mut outcome = sandbox.run_caught(
-                            &app,
-                            &envelope,
-                            request,
-                            Timing::from(from),
-                            outbound,
-                            output,
-                            handle,
-                        );
-                        outcome.queued = queued;
-                        if from.is_some() {
-                            outcome.path = RunPath::Moved;
-                        }
-                        return on_done(outcome);
+        let job: scheduler::Job = Box::new(move |start| {
+            let refused = match start {
+                scheduler::Start::Run(queued) => {
+                    let mut outcome = sandbox.run_caught(
+                        &app,
+                        &envelope,
+                        request,
+                        Timing::from(from),
+                        outbound,
+                        output,
+                        handle,
+                    );
+                    outcome.queued = queued;
+                    if from.is_some() {
+                        outcome.path = RunPath::Moved;
                     }
-                    scheduler::Start::Expired(queued) => (Failure::Limit(Limit::Queue), queued),
-                    scheduler::Start::NoThread => (
-                        Failure::Internal("no thread was free to run the request".into()),
-                        Duration::ZERO,
-                    ),
-                };
-                output.fail(refused.0.clone());
-                on_done(Outcome::refused(refused.0, refused.1));
-            }),
-        );
+                    return on_done(outcome);
+                }
+                scheduler::Start::Expired(queued) => (Failure::Limit(Limit::Queue), queued),
+                scheduler::Start::NoThread => (
+                    Failure::Internal("no thread was free to run the request".into()),
+                    Duration::ZERO,
+                ),
+            };
+            output.fail(refused.0.clone());
+            on_done(Outcome::refused(refused.0, refused.1));
+        });
+        match held {
+            Held::No => self.pool.submit(&lane, job),
+            Held::Yes | Held::Since(_) => self.pool.submit_held(&lane, job),
+        }
         start_rx
     }
 
@@ -687,7 +701,13 @@ impl Sandbox {
         if !self.inline_qualifies(app, &request, handle) || !envelope.lane.try_take() {
             return Inline::NotTried(request);
         }
-        self.run_inline(app, envelope, request, handle)
+        match self.run_inline(app, envelope, request, handle) {
+            Inline::NotTried(request) => {
+                self.pool.give_back(&envelope.lane);
+                Inline::NotTried(request)
+            }
+            other => other,
+        }
     }
 
     /// Whether the request may run on the async thread that received it (`try_inline`).
@@ -703,8 +723,8 @@ impl Sandbox {
             && handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
     }
 
-    /// Run a qualifying request here, under the lane slot the caller took; the slot is given
-    /// back when the run ends or moves.
+    /// Run a qualifying request here, under the lane slot the caller took: given back when the
+    /// run ends; a request that moves, or was not tried, still holds it (`submit` with `held`).
     fn run_inline(
         &self,
         app: &App,
@@ -714,7 +734,6 @@ impl Sandbox {
     ) -> Inline {
         let now = Instant::now();
         let Some(body) = request.input.whole() else {
-            self.pool.give_back(&envelope.lane);
             return Inline::NotTried(request);
         };
         // What a second run needs, should this one move: the body and the environment, both
@@ -735,8 +754,8 @@ impl Sandbox {
             handle.clone(),
         );
         let moved = attempt.end() && !is_panicked(&outcome);
-        self.pool.give_back(&envelope.lane);
         if moved {
+            // Still under the slot: the guest thread it moves to runs it at once.
             app.inline.moved(Instant::now());
             let again = Request {
                 env,
@@ -744,6 +763,7 @@ impl Sandbox {
             };
             return Inline::Moved(again, now);
         }
+        self.pool.give_back(&envelope.lane);
         app.inline.ran(outcome.total, Instant::now());
         let mut outcome = outcome;
         outcome.path = RunPath::Inline;
@@ -1044,6 +1064,45 @@ impl Sandbox {
     }
 }
 
+/// A request's `on_done` that, dropped without being called (its request's future dropped
+/// while it waited for a turn: the client went away), reports that as the outcome.
+struct Unheard<F: FnOnce(Outcome)> {
+    on_done: Option<F>,
+    since: Instant,
+}
+
+impl<F: FnOnce(Outcome)> Unheard<F> {
+    fn new(on_done: F, since: Instant) -> Self {
+        Self {
+            on_done: Some(on_done),
+            since,
+        }
+    }
+
+    fn call(mut self, outcome: Outcome) {
+        if let Some(on_done) = self.on_done.take() {
+            on_done(outcome);
+        }
+    }
+}
+
+impl<F: FnOnce(Outcome)> Drop for Unheard<F> {
+    fn drop(&mut self) {
+        if let Some(on_done) = self.on_done.take() {
+            on_done(Outcome::refused(Failure::ClientGone, self.since.elapsed()));
+        }
+    }
+}
+
+/// Whether a request handed to a guest thread already holds a CPU slot of its lane.
+#[derive(Clone, Copy)]
+enum Held {
+    No,
+    Yes,
+    /// Yes, since its inline attempt started then and moved (its deadline counts from then).
+    Since(Instant),
+}
+
 /// What `try_inline` did with a request.
 enum Inline {
     /// It ran here.
@@ -1309,6 +1368,65 @@ mod tests {
             );
             sandbox.pool.give_back(&envelope.lane);
             assert_eq!(envelope.lane.waiting(), 0);
+        }
+        // A request whose client leaves while it waits is counted as that, not as outpost's
+        // failure, and leaves the queue. Then the app leaves the inline path while a request
+        // waits (an earlier run moved): a guest thread runs it when its turn comes.
+        for client_leaves in [true, false] {
+            assert!(envelope.lane.try_take());
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let (sb, app2, env) = (sandbox.clone(), app.clone(), envelope.clone());
+            let handle = rt.handle().clone();
+            let task = rt.spawn(async move {
+                let request = Request {
+                    env: Arc::new(EnvBlock::default()),
+                    input: GuestInput::fixed(bytes::Bytes::new()),
+                };
+                let start = sb
+                    .dispatch_turn(app2, env, request, None, handle, move |outcome| {
+                        let _ = done_tx.send(outcome);
+                    })
+                    .await;
+                start.await.map(|started| started.map(|s| s.first))
+            });
+            let until = Instant::now() + Duration::from_secs(5);
+            while envelope.lane.waiting() == 0 {
+                assert!(
+                    Instant::now() < until,
+                    "the request never waited for a turn"
+                );
+                std::thread::yield_now();
+            }
+            if client_leaves {
+                task.abort();
+                let outcome = done_rx
+                    .recv_timeout(Duration::from_secs(5))
+                    .expect("an outcome");
+                assert_eq!(outcome.failure, Some(Failure::ClientGone));
+                assert_eq!(outcome.path, RunPath::NotRun);
+                assert_eq!(envelope.lane.waiting(), 0, "it left the queue");
+                sandbox.pool.give_back(&envelope.lane);
+            } else {
+                app.inline.moved(Instant::now());
+                sandbox.pool.give_back(&envelope.lane);
+                let outcome = done_rx
+                    .recv_timeout(Duration::from_secs(5))
+                    .expect("an outcome");
+                assert_eq!(outcome.failure, None);
+                assert_eq!(
+                    outcome.path,
+                    RunPath::Pool,
+                    "backed off: a guest thread ran it"
+                );
+                let first = rt.block_on(task).expect("task").expect("start");
+                assert_eq!(first.expect("response").as_ref(), b"ok");
+            }
+            let until = Instant::now() + Duration::from_secs(5);
+            while !envelope.lane.try_take() {
+                assert!(Instant::now() < until, "the slot never came back");
+                std::thread::yield_now();
+            }
+            sandbox.pool.give_back(&envelope.lane);
         }
     }
 

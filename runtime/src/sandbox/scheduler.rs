@@ -153,8 +153,10 @@ impl Lane {
                         }
                     }
                     Some(Waiter::Turn(t)) => {
-                        self.waiting.fetch_sub(1, Ordering::Relaxed);
+                        // An abandoned turn counted itself out and leaves the queue itself;
+                        // one popped before it could is skipped.
                         if t.grant() {
+                            self.waiting.fetch_sub(1, Ordering::Relaxed);
                             turn = Some(t);
                             break None;
                         }
@@ -280,7 +282,17 @@ impl Drop for TurnWait {
             if !abandoned {
                 // Granted as it was dropped: the slot is ours, and nobody will use it.
                 self.pool.give_back(&self.lane);
+                return;
             }
+            // Out of the queue now, with its waker (which keeps its task's memory alive): a
+            // client that opens and drops requests must not grow the queue.
+            let waker = turn.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+            self.lane
+                .lock()
+                .queue
+                .retain(|w| !matches!(w, Waiter::Turn(t) if Arc::ptr_eq(t, turn)));
+            drop(waker);
+            self.lane.waiting.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -351,6 +363,16 @@ impl Pool {
             turn: None,
             done: false,
         }
+    }
+
+    /// Run `job` on a thread under a slot of `lane` its caller already holds (an inline
+    /// attempt that moved, a turn that is not run inline).
+    pub fn submit_held(&self, lane: &Arc<Lane>, job: Job) {
+        self.hand_to_thread(Queued {
+            job,
+            lane: lane.clone(),
+            at: Instant::now(),
+        });
     }
 
     /// Run `job` under one of `lane`'s CPU slots: at once if one is free, else after the
@@ -725,6 +747,8 @@ mod tests {
         let mut gone = pool.turn(&lane);
         assert!(poll_once(&mut gone, &woken).is_pending());
         drop(gone);
+        assert_eq!(lane.waiting(), 0, "a dropped turn leaves the queue at once");
+        assert!(lane.lock().queue.is_empty());
         pool.give_back(&lane);
         assert!(lane.try_take(), "nobody holds the slot");
         assert_eq!(lane.waiting(), 0);
