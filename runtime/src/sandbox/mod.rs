@@ -1320,13 +1320,16 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime");
-        for held in [Duration::from_millis(50), Duration::from_millis(600)] {
-            // The tenant's one slot, held as a guest thread's run would hold it.
+        // With the tenant's one slot held, as a guest thread's run would hold it: a request
+        // dispatched as the listeners dispatch it, once it waits for its turn; its outcome, and
+        // its response's first bytes.
+        type Response = Result<Result<bytes::Bytes, Failure>, oneshot::error::RecvError>;
+        let waiting_request = || {
             assert!(envelope.lane.try_take());
             let (done_tx, done_rx) = std::sync::mpsc::channel();
             let (sb, app, env) = (sandbox.clone(), app.clone(), envelope.clone());
             let handle = rt.handle().clone();
-            let response = rt.spawn(async move {
+            let task: tokio::task::JoinHandle<Response> = rt.spawn(async move {
                 let request = Request {
                     env: Arc::new(EnvBlock::default()),
                     input: GuestInput::fixed(bytes::Bytes::new()),
@@ -1346,6 +1349,10 @@ mod tests {
                 );
                 std::thread::yield_now();
             }
+            (task, done_rx)
+        };
+        for held in [Duration::from_millis(50), Duration::from_millis(600)] {
+            let (response, done_rx) = waiting_request();
             std::thread::sleep(held);
             sandbox.pool.give_back(&envelope.lane);
             let outcome = done_rx
@@ -1373,30 +1380,7 @@ mod tests {
         // failure, and leaves the queue. Then the app leaves the inline path while a request
         // waits (an earlier run moved): a guest thread runs it when its turn comes.
         for client_leaves in [true, false] {
-            assert!(envelope.lane.try_take());
-            let (done_tx, done_rx) = std::sync::mpsc::channel();
-            let (sb, app2, env) = (sandbox.clone(), app.clone(), envelope.clone());
-            let handle = rt.handle().clone();
-            let task = rt.spawn(async move {
-                let request = Request {
-                    env: Arc::new(EnvBlock::default()),
-                    input: GuestInput::fixed(bytes::Bytes::new()),
-                };
-                let start = sb
-                    .dispatch_turn(app2, env, request, None, handle, move |outcome| {
-                        let _ = done_tx.send(outcome);
-                    })
-                    .await;
-                start.await.map(|started| started.map(|s| s.first))
-            });
-            let until = Instant::now() + Duration::from_secs(5);
-            while envelope.lane.waiting() == 0 {
-                assert!(
-                    Instant::now() < until,
-                    "the request never waited for a turn"
-                );
-                std::thread::yield_now();
-            }
+            let (task, done_rx) = waiting_request();
             if client_leaves {
                 task.abort();
                 let outcome = done_rx
