@@ -32,7 +32,7 @@ pub struct Entries {
     exhausted: Option<ExportIndex>,
     /// The export `memory`, else the one memory the module exports under another name.
     memory: Option<ExportIndex>,
-    /// Whether `instantiate` may skip wasmer's instantiation (see the module's comment).
+    /// Whether `instantiate` may do without wasmer's instantiation (see the module's comment).
     direct: bool,
 }
 

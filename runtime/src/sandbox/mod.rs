@@ -564,7 +564,7 @@ impl Sandbox {
         on_done: impl FnOnce(Outcome) + Send + 'static,
     ) -> oneshot::Receiver<Result<Started, Failure>> {
         if outbound.is_some() || !self.inline_qualifies(&app, &request, &handle) {
-            return self.dispatch_outbound(app, envelope, request, outbound, handle, on_done);
+            return self.submit(app, envelope, request, Held::No, outbound, handle, on_done);
         }
         // Dropped while it waits (the client went away), the request is counted as the
         // client's leaving, not as a failure of outpost's.

@@ -154,7 +154,7 @@ impl Lane {
                     }
                     Some(Waiter::Turn(t)) => {
                         // An abandoned turn counted itself out and leaves the queue itself;
-                        // one popped before it could is skipped.
+                        // one popped before it could is passed over.
                         if t.grant() {
                             self.waiting.fetch_sub(1, Ordering::Relaxed);
                             turn = Some(t);
