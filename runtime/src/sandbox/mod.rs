@@ -1045,6 +1045,12 @@ impl Sandbox {
                 },
             },
         };
+        // Stopped by its deadline, it failed by it, however it ended: a wasix guest whose
+        // sleep the deadline's kill cut short returns normally, with nothing written.
+        let failure = match failure {
+            None if timed_out => Some(Failure::Limit(Limit::Time)),
+            failure => failure,
+        };
         Ran {
             failure,
             exit_code,
