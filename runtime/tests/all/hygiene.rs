@@ -11,19 +11,6 @@ use sha2::{Digest, Sha256};
 
 use crate::support::*;
 
-/// The daemon's log once it holds `needle` (it is written after the response is sent).
-fn log_once(daemon: &Daemon, needle: &str) -> String {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = daemon.log_text();
-        if log.contains(needle) {
-            return log;
-        }
-        assert!(Instant::now() < until, "no {needle:?} in the log:\n{log}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_head_split_inside_a_header_name_is_served_as_a_head() {
     let data = TempDir::new("split-head");
@@ -41,8 +28,8 @@ fn tenant_stderr_cannot_forge_log_lines_and_bad_pointers_do_not_flood_the_log() 
     let daemon = Daemon::run(&wat_guest("hostile_log"), &data.0, &[], &[]);
     let reply = curl(&daemon.url("/"), &[]);
     assert_eq!((reply.status, reply.text().as_str()), (200, "logged\n"));
-    log_once(&daemon, "stderr:");
-    let log = log_once(&daemon, "outpost::request");
+    daemon.log_with("stderr:", 1);
+    let log = daemon.log_with("outpost::request", 1);
     for line in log.lines().filter(|l| l.contains("tenant=victim")) {
         assert!(
             line.contains("stderr: oops\\n2026-01-01"),

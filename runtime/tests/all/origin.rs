@@ -1142,7 +1142,7 @@ fn a_pass_through_asked_for_after_the_response_started_is_refused_saying_so() {
     }
     let reply = with_host(&edge, "late.test", "/");
     assert_eq!(reply.status, 502, "{}", reply.text());
-    let log = edge.node.log_text();
+    let log = edge.node.log_with("pass-through refused", 3);
     let refused: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("pass-through refused"))

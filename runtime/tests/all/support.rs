@@ -318,6 +318,25 @@ impl Daemon {
             .join("\n")
     }
 
+    /// The log once at least `count` of its lines contain `needle`, waiting up to 10 s: a line
+    /// the daemon wrote reaches this process through a pipe, after the response it is about
+    /// may already have.
+    pub fn log_with(&self, needle: &str, count: usize) -> String {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log_text();
+            let found = log.lines().filter(|l| l.contains(needle)).count();
+            if found >= count {
+                return log;
+            }
+            assert!(
+                Instant::now() < until,
+                "{found} of {count} lines with {needle:?} in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
