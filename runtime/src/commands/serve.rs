@@ -54,7 +54,7 @@ fn request_handler(live: Arc<Live>, shared: Arc<Shared>) -> Handler {
                         prefix.as_str()
                     };
                     let script = script.to_string();
-                    drop(state);
+                    drop((state, host));
                     serve_app(&shared, &target, req, &conn, &script).await
                 }
                 Some((_, Routed::NotReady { app })) => {

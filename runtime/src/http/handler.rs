@@ -96,7 +96,7 @@ fn raw_host<B>(req: &Request<B>) -> Option<&str> {
 }
 
 /// The request's host, normalized (lowercase, no port).
-pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+pub fn request_host<B>(req: &Request<B>) -> Option<std::borrow::Cow<'_, str>> {
     normalize_host(raw_host(req)?)
 }
 
@@ -226,7 +226,7 @@ where
     let host = request_host(&req);
     let local_ip;
     let server_name = match &host {
-        Some(host) => host.as_str(),
+        Some(host) => host.as_ref(),
         None => {
             local_ip = conn.local.ip().to_string();
             &local_ip
@@ -246,17 +246,16 @@ where
         script_name,
     });
     drop(headers);
-    let forwarding = Forwarding {
-        client: Some(conn.remote.ip()),
-        https: conn.https,
-        host: host.clone(),
-    };
-    let (parts, body) = req.into_parts();
-    let input = feed_body(body, limits.request_body);
     let outbound = (!target.backends.is_empty()).then(|| Outbound {
         backends: target.backends.clone(),
-        forwarding,
+        forwarding: Forwarding {
+            client: Some(conn.remote.ip()),
+            https: conn.https,
+            host: host.map(|host| host.into_owned()),
+        },
     });
+    let (parts, body) = req.into_parts();
+    let input = feed_body(body, limits.request_body);
     let forwarding = outbound.as_ref().map(|o| o.forwarding.clone());
     let record = Arc::new(RequestRecord::new(
         shared.metrics.clone(),

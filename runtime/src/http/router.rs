@@ -1,6 +1,7 @@
 //! Routing, as a pure function of (host, path): exact host first, then the longest matching
 //! `*.suffix` wildcard; within a host, the longest matching path prefix. No I/O, no tenants.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use edge_config::{HostPattern, PathPrefix};
@@ -46,8 +47,9 @@ impl<T> Default for Router<T> {
     }
 }
 
-/// The request host without port, lowercased; `None` if it is not a plausible host.
-pub fn normalize_host(raw: &str) -> Option<String> {
+/// The request host without port, lowercased (borrowed when it already is); `None` if it is not
+/// a plausible host.
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     let host = if let Some(rest) = raw.strip_prefix('[') {
         // [v6]:port
         rest.split(']').next()?
@@ -61,7 +63,14 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         })
     };
     let host = host.trim_end_matches('.');
-    (!host.is_empty() && host.len() <= 253).then(|| host.to_ascii_lowercase())
+    if host.is_empty() || host.len() > 253 {
+        return None;
+    }
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 impl<T> Router<T> {
