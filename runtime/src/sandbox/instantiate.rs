@@ -101,8 +101,24 @@ impl Linked {
     }
 }
 
-/// A new instance of `module` in `store`, linked to `imports` (in the order of the module's
-/// imports). Its memories and tables come from `tunables`, which must be those of the store's
+/// The host functions a store's instances are linked to, in the order of the module's
+/// imports, with the handles wasmer's instantiation takes, made once per store.
+pub struct HostImports {
+    externs: Vec<Extern>,
+    vm: Vec<VMExtern>,
+}
+
+impl HostImports {
+    pub fn new(externs: Vec<Extern>) -> Self {
+        let vm = externs
+            .iter()
+            .map(|import| import.to_vm_extern().unwrap_sys())
+            .collect();
+        Self { externs, vm }
+    }
+}
+
+/// A new instance of `module` in `store`, linked to `imports` (made in the same store). Its memories and tables come from `tunables`, which must be those of the store's
 /// engine (`App::store_engine` sets them from the same envelope).
 // wasmer's own error type, as `Instance::new_by_index` returns it (wasmer allows the same lint).
 #[allow(clippy::result_large_err)]
@@ -111,12 +127,12 @@ pub fn instantiate(
     tunables: &dyn Tunables,
     module: &Module,
     entries: &Entries,
-    imports: &[Extern],
+    imports: &HostImports,
 ) -> Result<Linked, InstantiationError> {
     let artifact = match module.sys_artifact() {
         Some(artifact) if entries.direct => artifact,
         _ => {
-            let instance = Instance::new_by_index(store, module, imports)?;
+            let instance = Instance::new_by_index(store, module, &imports.externs)?;
             return Ok(Linked::of_instance(&instance));
         }
     };
@@ -124,18 +140,18 @@ pub fn instantiate(
         return Err(InstantiationError::DifferentArchOS);
     }
     // Handles from another store would be read as this store's (wasmer checks the same).
-    if imports.iter().any(|import| !import.is_from_store(store)) {
+    if imports
+        .externs
+        .iter()
+        .any(|import| !import.is_from_store(store))
+    {
         return Err(InstantiationError::DifferentStores);
     }
-    let vm_imports: Vec<VMExtern> = imports
-        .iter()
-        .map(|import| import.to_vm_extern().unwrap_sys())
-        .collect();
     let signal_handler = store.as_store_ref().signal_handler();
     // SAFETY: every import is from this store (checked above), the resolver checks their
     // number and types against the module's, and the objects are the store's own.
     let mut handle =
-        unsafe { artifact.instantiate(tunables, &vm_imports, store.objects_mut().as_sys_mut()) }?;
+        unsafe { artifact.instantiate(tunables, &imports.vm, store.objects_mut().as_sys_mut()) }?;
     // SAFETY: `handle` is the instance `Artifact::instantiate` just made from this artifact.
     // With no start function, this only initializes tables and memories: no guest code runs
     // (which would need the store context wasmer installs around it).

@@ -227,9 +227,22 @@ impl GuestOutput {
     pub fn new(body_cap: u64) -> (Self, oneshot::Receiver<Result<Started, Failure>>) {
         let (start_tx, start_rx) = oneshot::channel();
         let out = Self {
+            start_tx: Some(start_tx),
+            ..Self::detached_with(body_cap)
+        };
+        (out, start_rx)
+    }
+
+    /// An output nobody receives: what a kept store's host state holds between requests.
+    pub fn detached() -> Self {
+        Self::detached_with(0)
+    }
+
+    fn detached_with(body_cap: u64) -> Self {
+        Self {
             cgi: CgiOutput::new(),
             state: OutState::Head,
-            start_tx: Some(start_tx),
+            start_tx: None,
             body_tx: None,
             pending: BytesMut::new(),
             pending_since: None,
@@ -239,8 +252,7 @@ impl GuestOutput {
             status: None,
             unread: None,
             held: false,
-        };
-        (out, start_rx)
+        }
     }
 
     /// Send nothing before the guest ends (an inline attempt, which may yet be discarded); more

@@ -16,6 +16,7 @@ pub mod io;
 pub mod memory;
 pub mod metering;
 pub mod scheduler;
+mod stores;
 pub mod wasi;
 mod wasix;
 mod watchdog;
@@ -28,7 +29,7 @@ use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use wasmer::sys::{CompilerConfig, Cranelift, NativeEngineExt, Singlepass};
-use wasmer::{Engine, Extern, FunctionEnv, InstantiationError, Module, RuntimeError, Store};
+use wasmer::{Engine, InstantiationError, Module, RuntimeError, Store};
 use wasmer_types::{CompilationProgressCallback, TrapCode, UserAbort};
 
 use crate::error::{Failure, Limit};
@@ -123,6 +124,8 @@ impl Default for Limits {
 /// One tenant's memory cap (the tunables each of its stores gets), its other limits, and its
 /// CPU lane (its share of the node's cores and its queue).
 pub struct Envelope {
+    /// Tells envelopes apart (a kept store belongs to one: `stores`).
+    id: u64,
     tunables: CappedTunables,
     pub limits: Limits,
     lane: Arc<scheduler::Lane>,
@@ -177,6 +180,8 @@ pub struct App {
     inline: inline::AppRecord,
     /// What instantiating it writes (`check::ModuleShape::init_bytes`).
     init_bytes: u64,
+    /// Its stores between requests (the lean host's).
+    stores: stores::Stores,
 }
 
 impl App {
@@ -386,7 +391,9 @@ impl Sandbox {
         // A request that waited for a CPU slot as long as it may run is refused (503) rather
         // than started late.
         let lane = scheduler::Lane::new(self.config.workers, limits.timeout);
+        static ENVELOPES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Envelope {
+            id: ENVELOPES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             tunables,
             limits,
             lane,
@@ -481,6 +488,7 @@ impl Sandbox {
             assets: None,
             inline: inline::AppRecord::default(),
             init_bytes: shape.init_bytes,
+            stores: stores::Stores::default(),
         })
     }
 
@@ -853,12 +861,21 @@ impl Sandbox {
         output: GuestOutput,
     ) -> Outcome {
         let limits = &run.envelope.limits;
-        let mut store = Store::new(app.store_engine(run.envelope));
+        let mut kept = app.stores.take(run.envelope.id).unwrap_or_else(|| {
+            let vacant = HostState::vacant(app.args.clone(), run.handle.clone(), run.deadline);
+            stores::Kept::new(
+                run.envelope.id,
+                app.store_engine(run.envelope),
+                &app.link,
+                vacant,
+            )
+        });
         // Armed before instantiation: everything the guest drives from here on is under the
         // request's deadline.
-        let guard = self
-            .watchdog
-            .arm(run.slice_end.unwrap_or(run.deadline), store.interrupter());
+        let guard = self.watchdog.arm(
+            run.slice_end.unwrap_or(run.deadline),
+            kept.store.interrupter(),
+        );
         let budget = InstanceBudget::new(limits.memory);
         let mut state = HostState::new(
             app.args.clone(),
@@ -875,39 +892,42 @@ impl Sandbox {
             .outbound
             .take()
             .map(|o| http_v1::Subrequests::new(o, limits.request_body, limits.response_body));
-        let func_env = FunctionEnv::new(&mut store, state);
-        let externs: Vec<Extern> = app
-            .link
-            .iter()
-            .map(|ctor| Extern::Function(ctor(&mut store, &func_env)))
-            .collect();
+        let stores::Kept {
+            store,
+            env: func_env,
+            imports,
+            ..
+        } = &mut kept;
+        *func_env.as_mut(store) = state;
         memory::take_grow_denied();
         // Only this thread touches a lean guest's memory (host functions run here too).
         let accounting = memory::FaultAccounting::begin();
         let charged = BudgetScope::enter(&budget);
         let instantiated = instantiate::instantiate(
-            &mut store,
+            store,
             &run.envelope.tunables,
             &app.module,
             &app.entries,
-            &externs,
+            imports,
         );
         drop(charged);
         drop(accounting);
         let linked = match instantiated {
             Ok(linked) => linked,
             Err(e) => {
+                // The store goes with this request: the watchdog may have fired for it.
                 if guard.fired() {
                     run.sliced();
                 }
                 let failure = instantiation_failure(&e.to_string(), e);
-                func_env.as_mut(&mut store).output.fail(failure.clone());
+                func_env.as_mut(store).output.fail(failure.clone());
                 return run.failed_early(failure);
             }
         };
-        func_env.as_mut(&mut store).memory = linked.memory.clone();
-        let ran = self.call_start(&mut store, &linked, &run, guard);
-        let state = func_env.as_mut(&mut store);
+        func_env.as_mut(store).memory = linked.memory.clone();
+        let ran = self.call_start(store, &linked, &run, guard);
+        drop(linked);
+        let state = func_env.as_mut(store);
         // Open subrequests end with the guest (their connections go back to the pool or close).
         state.outbound = None;
         let input = std::mem::replace(&mut state.input, GuestInput::fixed(bytes::Bytes::new()));
@@ -915,7 +935,13 @@ impl Sandbox {
         let failure = settle(&mut state.output, ran.failure.clone(), &run);
         let status = state.output.status();
         let stderr = std::mem::take(&mut state.stderr);
-        drop(store);
+        // The request's instance, memory and host state go now, as with a store of its own.
+        let vacant = HostState::vacant(app.args.clone(), run.handle.clone(), run.deadline);
+        drop(kept.roll_back(vacant));
+        // A store the watchdog interrupted is not kept: its signal could still be on its way.
+        if !ran.interrupted {
+            app.stores.give_back(kept);
+        }
         run.outcome(failure, status, &ran, budget.used(), stderr)
     }
 
@@ -1019,7 +1045,8 @@ impl Sandbox {
             Err(why) => Err(RuntimeError::new(why.clone())),
         });
         let timed_out = guard.fired();
-        drop(guard);
+        // Checked again once disarmed: it may have fired between the two.
+        let interrupted = guard.disarm() || timed_out;
         if timed_out {
             run.sliced();
         }
@@ -1056,6 +1083,7 @@ impl Sandbox {
             exit_code,
             fuel_used: fuel.saturating_sub(fuel_left),
             instantiate,
+            interrupted,
         }
     }
 
@@ -1163,6 +1191,8 @@ struct Ran {
     exit_code: Option<i32>,
     fuel_used: u64,
     instantiate: Duration,
+    /// The watchdog sent its interrupt (whether or not the guest was still running then).
+    interrupted: bool,
 }
 
 impl Run<'_> {
@@ -1290,7 +1320,7 @@ mod tests {
     use super::*;
 
     /// A host call with a bug: it panics.
-    fn panicking(store: &mut Store, env: &FunctionEnv<HostState>) -> wasmer::Function {
+    fn panicking(store: &mut Store, env: &wasmer::FunctionEnv<HostState>) -> wasmer::Function {
         wasmer::Function::new_typed_with_env(
             store,
             env,
@@ -1480,5 +1510,94 @@ mod tests {
                 std::thread::yield_now();
             }
         }
+    }
+
+    /// A lean app's store is kept between its requests on a thread, and each request still
+    /// gets a fresh instance: its globals and memory as the module declares them, its memory
+    /// back in the pool when it ends. A store whose run the watchdog interrupted is not kept,
+    /// and one kept for another envelope is not used (its tunables carry that envelope's cap).
+    #[test]
+    fn a_kept_store_gives_every_request_a_fresh_instance_and_is_dropped_when_interrupted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sandbox = Sandbox::new(SandboxConfig::new(dir.path().into())).expect("sandbox");
+        // Prints its counter global, then "clean" or "dirty" for the byte at 100, then sets
+        // both; a body "spin" makes it loop until stopped. Two pages of memory.
+        let wat = r#"(module
+            (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+            (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 2)
+            (global $count (mut i32) (i32.const 48))
+            (data (i32.const 16) "\r\n?clean")
+            (func (export "_start")
+              (i32.store (i32.const 32) (i32.const 48))
+              (i32.store (i32.const 36) (i32.const 4))
+              (drop (call $r (i32.const 0) (i32.const 32) (i32.const 1) (i32.const 40)))
+              (if (i32.eq (i32.load8_u (i32.const 48)) (i32.const 115)) (then (loop (br 0))))
+              (i32.store8 (i32.const 18) (global.get $count))
+              (if (i32.load8_u (i32.const 100))
+                (then (i32.store (i32.const 19) (i32.const 0x74726964))))
+              (i32.store8 (i32.const 100) (i32.const 1))
+              (global.set $count (i32.add (global.get $count) (i32.const 1)))
+              (i32.store (i32.const 0) (i32.const 16))
+              (i32.store (i32.const 4) (i32.const 8))
+              (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+        let bytes = wasmer::wat2wasm(wat.as_bytes()).expect("wat");
+        let app = sandbox.load("kept", &bytes, vec![], &[]).expect("load");
+        let limits = Limits {
+            timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let envelope = sandbox.envelope(limits.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let run = |envelope: &Envelope, body: &'static [u8]| {
+            let (output, start) = GuestOutput::new(1 << 20);
+            let request = Request {
+                env: Arc::new(EnvBlock::default()),
+                input: GuestInput::fixed(bytes::Bytes::from_static(body)),
+            };
+            let outcome = sandbox.run_here(&app, envelope, request, output, rt.handle().clone());
+            let first = rt.block_on(start).expect("start").map(|s| s.first);
+            (outcome.failure, first.ok())
+        };
+        let ok = Some(bytes::Bytes::from_static(b"0clean"));
+        assert_eq!(run(&envelope, b"go"), (None, ok.clone()));
+        assert_eq!(app.stores.idle_here(), 1, "kept after its run");
+        let idle_memories = sandbox.idle_memories();
+        assert!(idle_memories > 0, "its memory went back to the pool");
+        for round in 0..5 {
+            assert_eq!(run(&envelope, b"go"), (None, ok.clone()), "round {round}");
+            assert_eq!(
+                app.stores.idle_here(),
+                1,
+                "round {round}: the same store again"
+            );
+            assert_eq!(
+                sandbox.idle_memories(),
+                idle_memories,
+                "round {round}: memory back"
+            );
+        }
+        // Stopped by its deadline: failed by the time limit, and its store is not kept.
+        let (failure, _) = run(&envelope, b"spin");
+        assert_eq!(failure, Some(Failure::Limit(Limit::Time)));
+        assert_eq!(app.stores.idle_here(), 0, "an interrupted store is dropped");
+        assert_eq!(run(&envelope, b"go"), (None, ok.clone()));
+        // Another envelope, whose cap is one page: the kept store is not used for it.
+        let small = sandbox.envelope(Limits {
+            memory: 64 << 10,
+            ..limits
+        });
+        let (failure, _) = run(&small, b"go");
+        assert_eq!(failure, Some(Failure::Limit(Limit::Memory)));
+        assert_eq!(
+            app.stores.idle_here(),
+            0,
+            "the store of another envelope is dropped"
+        );
+        assert_eq!(run(&envelope, b"go"), (None, ok));
+        assert_eq!(app.stores.idle_here(), 1);
     }
 }

@@ -112,6 +112,20 @@ pub struct HostState {
 }
 
 impl HostState {
+    /// A state with no request in it: a kept store's between requests (`stores`). It holds
+    /// nothing of any request, and its output goes nowhere.
+    pub fn vacant(args: Arc<EnvBlock>, handle: Handle, deadline: Instant) -> Self {
+        Self::new(
+            args.clone(),
+            args,
+            GuestInput::fixed(bytes::Bytes::new()),
+            GuestOutput::detached(),
+            StderrBuf::new(0),
+            deadline,
+            handle,
+        )
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         args: Arc<EnvBlock>,

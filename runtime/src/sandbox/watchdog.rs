@@ -45,6 +45,14 @@ impl Guard {
     pub fn fired(&self) -> bool {
         self.fired.load(Ordering::SeqCst)
     }
+
+    /// Disarm, and tell whether the interrupt was ever sent: after this it never is (the
+    /// flag is set under the timers' lock before sending, and disarming takes that lock).
+    pub fn disarm(self) -> bool {
+        let fired = self.fired.clone();
+        drop(self);
+        fired.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Guard {
