@@ -118,8 +118,9 @@ impl HostImports {
     }
 }
 
-/// A new instance of `module` in `store`, linked to `imports` (made in the same store). Its memories and tables come from `tunables`, which must be those of the store's
-/// engine (`App::store_engine` sets them from the same envelope).
+/// A new instance of `module` in `store`, linked to `imports` (made in the same store). Its
+/// memories and tables come from `tunables`, which must be those of the store's engine
+/// (`App::store_engine` sets them from the same envelope).
 // wasmer's own error type, as `Instance::new_by_index` returns it (wasmer allows the same lint).
 #[allow(clippy::result_large_err)]
 pub fn instantiate(

@@ -458,7 +458,9 @@ impl Sandbox {
         let digest = hex::encode(Sha256::digest(bytes));
         // Each app version gets an engine of its own: wasmer keeps every module's code for
         // the life of the engine that loaded it, so a shared engine would hold the code of
-        // every version ever loaded. This one goes with the version's last request.
+        // every version ever loaded. This one goes with the version's last request, and with
+        // the stores threads keep of it (`stores`: at most eight per thread, dropped when the
+        // thread next runs or keeps a store, or exits).
         let mut engine = base_engine(self.config.compiler);
         // The memory and table styles compiled into the code come from these tunables; each
         // request's store sets the tenant's cap on the same styles.

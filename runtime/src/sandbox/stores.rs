@@ -16,6 +16,12 @@
 //!
 //! A store whose run the watchdog interrupted is never kept: the interrupt is a signal sent
 //! to the thread for the store's id, and a late one must not land in the next request's run.
+//!
+//! What a kept store holds between requests: its host functions, an empty host state, the
+//! app version's engine (its compiled code) and the envelope's tunables. A thread keeps at most
+//! `KEEP`; those of an app version no longer loaded go when the thread next takes or keeps a
+//! store, or exits (guest threads exit after 30 s idle), so at most `KEEP` versions per thread
+//! outlive their last request.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +39,9 @@ use super::wasi::{Constructor, HostState};
 /// At most this many idle stores are kept per thread, of any apps; the least recently used
 /// goes first. Each holds a few small allocations and its app's engine, never a memory.
 const KEEP: usize = 8;
+
+/// Room kept in each of a store's object lists beyond what it holds between requests.
+const SLACK: usize = 64;
 
 /// A store with the host functions of one app linked, ready for its next instance.
 pub struct Kept {
@@ -115,8 +124,12 @@ impl Mark {
 
     /// Truncate each list back to the mark, in the order wasmer drops a whole store's lists.
     fn roll_back(&self, objects: &mut StoreObjects) {
+        // Each list is also given back the room a request grew it by (a guest throwing
+        // exceptions in a loop adds one object per throw), beyond a little slack.
         fn cut<T: StoreObject>(objects: &mut StoreObjects, to: usize) {
-            T::list_mut(objects).truncate(to);
+            let list = T::list_mut(objects);
+            list.truncate(to);
+            list.shrink_to(to + SLACK);
         }
         cut::<VMMemory>(objects, self.memories);
         cut::<VMTable>(objects, self.tables);
@@ -153,43 +166,54 @@ thread_local! {
 }
 
 impl Stores {
-    /// An idle store of this app made for `envelope` on this thread, if one is kept. Stores of
-    /// apps no longer loaded, and of this app for another envelope (its tenant's limits were
-    /// reloaded), are dropped on the way.
+    /// An idle store of this app made for `envelope` on this thread, if one is kept.
     pub fn take(&self, envelope: u64) -> Option<Kept> {
         let (found, stale) = IDLE.with(|idle| {
             let mut idle = idle.try_borrow_mut().ok()?;
-            let mut stale = Vec::new();
-            let mut found = None;
-            let mut i = 0;
-            while i < idle.len() {
-                let kept = &idle[i];
-                if kept.app == self.id && kept.envelope == envelope && found.is_none() {
-                    found = Some(idle.remove(i));
-                } else if kept.app == self.id || kept.alive.strong_count() == 0 {
-                    stale.push(idle.remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-            Some((found, stale))
+            let found = idle
+                .iter()
+                .rposition(|kept| kept.app == self.id && kept.envelope == envelope)
+                .map(|at| idle.remove(at));
+            Some((found, self.sweep(&mut idle, envelope)))
         })?;
         // Dropped outside the borrow: a store's drop runs wasmer code.
         drop(stale);
         found
     }
 
-    /// Keep `kept` (already rolled back) for this app's next request on this thread.
+    /// Keep `kept` (already rolled back) for this app's next request on this thread; the
+    /// least recently used store goes if the thread keeps `KEEP` already.
     pub fn give_back(&self, mut kept: Kept) {
         kept.app = self.id;
         kept.alive = Arc::downgrade(&self.alive);
-        let evicted = IDLE.with(|idle| {
+        let envelope = kept.envelope;
+        let stale = IDLE.with(|idle| {
             let mut idle = idle.try_borrow_mut().ok()?;
-            let evicted = (idle.len() >= KEEP).then(|| idle.remove(0));
+            let mut stale = self.sweep(&mut idle, envelope);
+            if idle.len() >= KEEP {
+                stale.push(idle.remove(0));
+            }
             idle.push(kept);
-            evicted
+            Some(stale)
         });
-        drop(evicted);
+        drop(stale);
+    }
+
+    /// Take out the stores no request will use again: those of apps no longer loaded, and
+    /// this app's for another envelope (its tenant's limits were reloaded).
+    fn sweep(&self, idle: &mut Vec<Kept>, envelope: u64) -> Vec<Kept> {
+        let mut stale = Vec::new();
+        let mut i = 0;
+        while i < idle.len() {
+            let kept = &idle[i];
+            if kept.alive.strong_count() == 0 || (kept.app == self.id && kept.envelope != envelope)
+            {
+                stale.push(idle.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        stale
     }
 
     /// This app's idle stores on this thread.
