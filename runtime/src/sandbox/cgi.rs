@@ -362,7 +362,15 @@ fn parse_if_newline(buf: &[u8], new: &[u8]) -> Result<Option<(ResponseHead, usiz
 }
 
 fn parse(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEAD_LINES];
+    // Most heads are a few lines: room for all of them (8 KiB to fill) only when that is short.
+    match parse_in::<16>(buf) {
+        Err(HeadError::TooManyLines) => parse_in::<MAX_HEAD_LINES>(buf),
+        parsed => parsed,
+    }
+}
+
+fn parse_in<const LINES: usize>(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, HeadError> {
+    let mut slots = [httparse::EMPTY_HEADER; LINES];
     match httparse::parse_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete((used, lines))) => Ok(Some((apply_cgi_rules(lines)?, used))),
         Ok(httparse::Status::Partial) => Ok(None),

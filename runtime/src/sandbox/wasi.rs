@@ -115,15 +115,21 @@ impl HostState {
     /// A state with no request in it: a kept store's between requests (`stores`). It holds
     /// nothing of any request, and its output goes nowhere.
     pub fn vacant(args: Arc<EnvBlock>, handle: Handle, deadline: Instant) -> Self {
-        Self::new(
-            args.clone(),
-            args,
-            GuestInput::fixed(bytes::Bytes::new()),
-            GuestOutput::detached(),
-            StderrBuf::new(0),
+        Self {
+            memory: None,
+            args: args.clone(),
+            env: args,
+            input: GuestInput::fixed(bytes::Bytes::new()),
+            output: GuestOutput::detached(),
+            stderr: StderrBuf::new(0),
             deadline,
+            slice_end: None,
+            started: deadline,
             handle,
-        )
+            fs: None,
+            outbound: None,
+            scratch: Vec::new(),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
