@@ -1516,8 +1516,9 @@ mod tests {
 
     /// A lean app's store is kept between its requests on a thread, and each request still
     /// gets a fresh instance: its globals and memory as the module declares them, its memory
-    /// back in the pool when it ends. A store whose run the watchdog interrupted is not kept,
-    /// and one kept for another envelope is not used (its tunables carry that envelope's cap).
+    /// back in the pool when it ends. A store whose run the watchdog interrupted or whose host
+    /// call panicked is not kept, and one kept for another envelope is not used (its tunables
+    /// carry that envelope's cap).
     #[test]
     fn a_kept_store_gives_every_request_a_fresh_instance_and_is_dropped_when_interrupted() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1601,5 +1602,36 @@ mod tests {
         );
         assert_eq!(run(&envelope, b"go"), (None, ok));
         assert_eq!(app.stores.idle_here(), 1);
+        // A run whose host call panicked: its store is not kept either.
+        let mut bug = sandbox.load("bug", &bytes, vec![], &[]).expect("load");
+        bug.link[0] = |store, env| {
+            wasmer::Function::new_typed_with_env(
+                store,
+                env,
+                |_: wasmer::FunctionEnvMut<HostState>, _: i32, _: i32, _: i32, _: i32| -> i32 {
+                    panic!("a bug in fd_write")
+                },
+            )
+        };
+        let (output, _start) = GuestOutput::new(1 << 20);
+        let request = Request {
+            env: Arc::new(EnvBlock::default()),
+            input: GuestInput::fixed(bytes::Bytes::from_static(b"go")),
+        };
+        let outcome = sandbox.run_caught(
+            &bug,
+            &envelope,
+            request,
+            Timing::default(),
+            None,
+            output,
+            rt.handle().clone(),
+        );
+        assert_eq!(outcome.failure, Some(panicked()));
+        assert_eq!(
+            bug.stores.idle_here(),
+            0,
+            "a panicked run's store is dropped"
+        );
     }
 }
