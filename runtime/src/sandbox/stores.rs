@@ -16,6 +16,7 @@
 //!
 //! A store whose run the watchdog interrupted is never kept: the interrupt is a signal sent
 //! to the thread for the store's id, and a late one must not land in the next request's run.
+//! Nor is one whose instantiation failed or whose run panicked (it is dropped on the way out).
 //!
 //! What a kept store holds between requests: its host functions, an empty host state, the
 //! app version's engine (its compiled code) and the envelope's tunables. A thread keeps at most
