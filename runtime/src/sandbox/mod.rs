@@ -866,6 +866,7 @@ impl Sandbox {
         let mut kept = app.stores.take(run.envelope.id).unwrap_or_else(|| {
             let vacant = HostState::vacant(app.args.clone(), run.handle.clone(), run.deadline);
             stores::Kept::new(
+                &app.stores,
                 run.envelope.id,
                 app.store_engine(run.envelope),
                 &app.link,
@@ -1047,8 +1048,8 @@ impl Sandbox {
             Err(why) => Err(RuntimeError::new(why.clone())),
         });
         let timed_out = guard.fired();
-        // Checked again once disarmed: it may have fired between the two.
-        let interrupted = guard.disarm() || timed_out;
+        // Asked again once disarmed: it may have fired since.
+        let interrupted = guard.disarm();
         if timed_out {
             run.sliced();
         }

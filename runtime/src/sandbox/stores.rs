@@ -59,10 +59,16 @@ pub struct Kept {
 }
 
 impl Kept {
-    /// A new store for `engine` (the app's, with the envelope's tunables) with one host
-    /// function per constructor in `link`, sharing the host state `vacant` until a request
-    /// puts its own in.
-    pub fn new(envelope: u64, engine: Engine, link: &[Constructor], vacant: HostState) -> Self {
+    /// A new store of the app `of`, for `engine` (the app's, with the envelope's tunables),
+    /// with one host function per constructor in `link`, sharing the host state `vacant` until
+    /// a request puts its own in.
+    pub fn new(
+        of: &Stores,
+        envelope: u64,
+        engine: Engine,
+        link: &[Constructor],
+        vacant: HostState,
+    ) -> Self {
         let mut store = Store::new(engine);
         let env = FunctionEnv::new(&mut store, vacant);
         let imports = HostImports::new(
@@ -72,8 +78,8 @@ impl Kept {
         );
         let mark = Mark::of(store.objects_mut().as_sys_mut());
         Self {
-            app: u64::MAX,
-            alive: Weak::new(),
+            app: of.id,
+            alive: Arc::downgrade(&of.alive),
             envelope,
             store,
             env,
@@ -184,9 +190,7 @@ impl Stores {
 
     /// Keep `kept` (already rolled back) for this app's next request on this thread; the
     /// least recently used store goes if the thread keeps `KEEP` already.
-    pub fn give_back(&self, mut kept: Kept) {
-        kept.app = self.id;
-        kept.alive = Arc::downgrade(&self.alive);
+    pub fn give_back(&self, kept: Kept) {
         let envelope = kept.envelope;
         let stale = IDLE.with(|idle| {
             let mut idle = idle.try_borrow_mut().ok()?;
