@@ -4,8 +4,9 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -141,8 +142,18 @@ where
 
 const DISCARD_MAX: usize = 1 << 20;
 
-/// Feed a request body to the guest's stdin, enforcing the body cap as it arrives.
-fn feed_body<B>(body: B, cap: u64) -> GuestInput
+/// Request bodies of a length declared up front and at most this size are read before the
+/// guest starts (`take_body`): the inline path takes a request only with its whole body in hand.
+const READ_AHEAD_MAX: u64 = crate::sandbox::inline::BODY_MAX as u64;
+
+/// The request body as the guest's stdin. A body of a declared length up to `READ_AHEAD_MAX` is
+/// read first, for at most `wait` (the request's time limit): a small POST then runs like a
+/// GET (inline when it qualifies), and a client slow to send it holds no guest thread and no
+/// CPU slot meanwhile, only its admission permit. What has not arrived by then, and any other
+/// body, streams to the guest as it arrives. Either way the tenant's body cap is enforced on
+/// the bytes as they come, and a body cut short reaches the guest as a failure, never as a
+/// shorter complete body.
+async fn take_body<B>(mut body: B, cap: u64, declared: Option<u64>, wait: Duration) -> GuestInput
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display + Send,
@@ -150,18 +161,87 @@ where
     if body.is_end_stream() {
         return GuestInput::fixed(Bytes::new());
     }
+    let expected = declared.or_else(|| body.size_hint().exact());
+    if !expected.is_some_and(|n| n <= READ_AHEAD_MAX.min(cap)) {
+        return feed_body(body, cap, Bytes::new());
+    }
+    let mut read = BytesMut::new();
+    let mut first = Bytes::new();
+    // The timer is armed only if the body is not in hand at once. The body ends (`Ok(true)`),
+    // fails, or grows past its declared length (`Ok(false)`: HTTP/3 does not hold a client to
+    // its Content-Length), and its rest then streams like any other body.
+    let outcome = tokio::time::timeout(wait, async {
+        while let Some(chunk) = next_chunk(&mut body).await {
+            let chunk = chunk?;
+            let total = (first.len() + read.len() + chunk.len()) as u64;
+            if total > cap {
+                return Err(Failure::Limit(Limit::RequestBody));
+            }
+            if first.is_empty() && read.is_empty() {
+                first = chunk;
+            } else {
+                if read.is_empty() {
+                    read.reserve(expected.unwrap_or(0).min(cap) as usize);
+                    read.extend_from_slice(&first);
+                    first = Bytes::new();
+                }
+                read.extend_from_slice(&chunk);
+            }
+            if expected.is_some_and(|n| total > n) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await;
+    let so_far = if read.is_empty() {
+        first
+    } else {
+        read.freeze()
+    };
+    match outcome {
+        Ok(Ok(true)) => GuestInput::fixed(so_far),
+        Ok(Err(failure)) => {
+            let (tx, rx) = mpsc::channel(1);
+            let _ = tx.try_send(Err(failure));
+            GuestInput::streaming(so_far, rx)
+        }
+        Ok(Ok(false)) | Err(_) => feed_body(body, cap.saturating_sub(so_far.len() as u64), so_far),
+    }
+}
+
+/// The next data chunk of a request body; `None` at its end. Trailers are skipped.
+async fn next_chunk<B>(body: &mut B) -> Option<Result<Bytes, Failure>>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    loop {
+        match body.frame().await? {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => return Some(Ok(data)),
+                Err(_) => continue,
+            },
+            Err(_) => return Some(Err(Failure::ClientGone)),
+        }
+    }
+}
+
+/// Feed the rest of a request body to the guest's stdin as it arrives, after `first` (what was
+/// read ahead), enforcing the body cap (`cap`: what is left of it) on what follows.
+fn feed_body<B>(body: B, cap: u64, first: Bytes) -> GuestInput
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Send,
+{
     let (tx, rx) = mpsc::channel::<BodyChunk>(8);
     tokio::spawn(async move {
         let mut body = body;
         let mut seen: u64 = 0;
-        while let Some(frame) = body.frame().await {
-            let chunk = match frame {
-                Ok(frame) => match frame.into_data() {
-                    Ok(data) => data,
-                    Err(_) => continue,
-                },
-                Err(_) => {
-                    let _ = tx.send(Err(Failure::ClientGone)).await;
+        while let Some(chunk) = next_chunk(&mut body).await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(failure) => {
+                    let _ = tx.send(Err(failure)).await;
                     return;
                 }
             };
@@ -175,7 +255,7 @@ where
             }
         }
     });
-    GuestInput::streaming(rx)
+    GuestInput::streaming(first, rx)
 }
 
 /// Serve one request with a guest.
@@ -255,7 +335,7 @@ where
         },
     });
     let (parts, body) = req.into_parts();
-    let input = feed_body(body, limits.request_body);
+    let input = take_body(body, limits.request_body, declared, limits.timeout).await;
     let forwarding = outbound.as_ref().map(|o| o.forwarding.clone());
     let record = Arc::new(RequestRecord::new(
         shared.metrics.clone(),

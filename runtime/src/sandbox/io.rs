@@ -110,10 +110,11 @@ impl GuestInput {
             .then(|| self.current.clone())
     }
 
-    /// A body that arrives while the guest runs.
-    pub fn streaming(rx: mpsc::Receiver<BodyChunk>) -> Self {
+    /// A body that arrives while the guest runs: `first` (what is in hand), then what `rx`
+    /// brings.
+    pub fn streaming(first: Bytes, rx: mpsc::Receiver<BodyChunk>) -> Self {
         Self {
-            current: Bytes::new(),
+            current: first,
             source: Some(rx),
             consumed: false,
             failed: None,

@@ -466,6 +466,49 @@ fn a_streamed_body_over_the_cap_is_refused_on_every_protocol() {
     );
 }
 
+/// A body with its length declared up front and small enough (here 700 bytes, under the
+/// tenant's 1 KiB cap) is read before its guest starts, so the request runs inline like a GET,
+/// over every protocol, and the guest reads all of it.
+#[test]
+fn a_small_body_of_a_declared_length_runs_inline_on_every_protocol() {
+    let edge = Edge::start("edge-read-ahead");
+    let body = edge.dir.path("body.bin");
+    std::fs::write(&body, vec![b'z'; 700]).expect("body");
+    let data = format!("@{}", body.display());
+    for version in ["--http1.1", "--http2"] {
+        let (reply, verbose) = edge.curl(version, "slow.test", "/drain", &["--data-binary", &data]);
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (200, "read 700"),
+            "{version}: {verbose}"
+        );
+        assert!(
+            verbose
+                .to_ascii_lowercase()
+                .contains("> content-length: 700"),
+            "{version}: no length was declared:\n{verbose}"
+        );
+    }
+    let (json, reply) = edge.h3("slow.test", "/drain", "POST", Some(&body));
+    assert_eq!(
+        (json["status"].as_u64(), reply.as_slice()),
+        (Some(200), &b"read 700"[..])
+    );
+    let runs = |path: &str| {
+        crate::serve::metric(
+            &edge.node,
+            &format!("outpost_guest_runs_total{{tenant=\"slow\",path=\"{path}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(
+        (runs("inline"), runs("pool"), runs("moved")),
+        (3.0, 0.0, 0.0),
+        "{}",
+        edge.node.log_text()
+    );
+}
+
 /// A client that trickles its request head is cut off after the header timeout (1 s here),
 /// and so is one that never starts its TLS handshake; other clients are served meanwhile.
 #[test]

@@ -260,3 +260,126 @@ fn an_inline_attempt_gives_its_thread_back_within_a_slice_whatever_the_guest_doe
     // Every guest is tried before failing, so one run names every path that stalls.
     assert!(stalls.is_empty(), "bound {bound:?}: {stalls:#?}");
 }
+
+/// Sends a POST declaring a `declared`-byte body to the node's plain listener, its body in
+/// `parts` (byte counts) with `pause` seconds between them, half-closes if the parts fall
+/// short of the declared length, and returns what came back (empty if nothing did).
+fn post_in_parts(
+    node: &Daemon,
+    path: &str,
+    declared: usize,
+    parts: &[usize],
+    pause: f64,
+) -> String {
+    let script = r#"
+import socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+path, declared, pause = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+parts = [int(n) for n in sys.argv[5].split(",")]
+s = socket.create_connection((host, int(port)))
+s.sendall(("POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (path, declared)).encode())
+for i, n in enumerate(parts):
+    if i:
+        time.sleep(pause)
+    s.sendall(b"q" * n)
+if sum(parts) < declared:
+    s.shutdown(socket.SHUT_WR)
+s.settimeout(10)
+out = b""
+while True:
+    try:
+        chunk = s.recv(65536)
+    except (ConnectionResetError, socket.timeout):
+        break
+    if not chunk:
+        break
+    out += chunk
+sys.stdout.write(out.decode("latin-1"))
+"#;
+    let parts: Vec<String> = parts.iter().map(|n| n.to_string()).collect();
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &node.addr, path, &declared.to_string()])
+        .arg(pause.to_string())
+        .arg(parts.join(","))
+        .output()
+        .expect("python3 (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A small body of a declared length is read before the guest starts, for up to the tenant's
+/// time limit (1.5 s here): a client pausing 0.5 s within its body costs the guest nothing (it
+/// runs inline and reads all 700 bytes); one pausing 2 s gets its guest started at 1.5 s with
+/// the first part in hand, which reads the rest as it arrives (on a guest thread); and a body
+/// cut short reaches its guest as a failure, never as a shorter complete body.
+#[test]
+fn a_small_body_is_read_ahead_within_the_time_limit_and_streams_after_it() {
+    let dir = TempDir::new("inline-read-ahead");
+    let cfg = dir.path("node.toml");
+    let config = format!(
+        r#"[node]
+data_dir = "{data}"
+
+[listen]
+http = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+
+[[tenant]]
+name = "a"
+allow_unsigned = true
+[tenant.limits]
+timeout = "1500ms"
+
+[[app]]
+name = "drain"
+tenant = "a"
+source = "file:{drain}"
+
+[[route]]
+host = "localhost"
+path = "/drain"
+app = "drain"
+"#,
+        data = dir.path("data").display(),
+        drain = wat_guest("drain").display(),
+    );
+    std::fs::write(&cfg, config).expect("write config");
+    let node = Daemon::serve(&cfg);
+
+    let reply = post_in_parts(&node, "/drain", 700, &[300, 400], 0.5);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("read 700"), "{reply}");
+    assert_eq!(
+        (runs(&node, "inline"), runs(&node, "pool")),
+        (1.0, 0.0),
+        "{}",
+        node.log_text()
+    );
+
+    let reply = post_in_parts(&node, "/drain", 700, &[300, 400], 2.0);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("read 700"), "{reply}");
+    assert_eq!(
+        (runs(&node, "inline"), runs(&node, "pool")),
+        (1.0, 1.0),
+        "{}",
+        node.log_text()
+    );
+
+    let reply = post_in_parts(&node, "/drain", 700, &[300], 0.0);
+    assert!(
+        !reply.contains("read 300"),
+        "a cut-short body was taken as complete: {reply}"
+    );
+    // Logged once the guest's run (or refusal) ends: not as a 200 for a complete 300 bytes.
+    let log = node.log_with("outpost::request", 3);
+    let answered = log
+        .lines()
+        .filter(|l| l.contains("outpost::request") && l.contains("status=200"))
+        .count();
+    assert_eq!(answered, 2, "{log}");
+}
