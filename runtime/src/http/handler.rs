@@ -162,7 +162,7 @@ where
         return GuestInput::fixed(Bytes::new());
     }
     let expected = declared.or_else(|| body.size_hint().exact());
-    if !expected.is_some_and(|n| n <= READ_AHEAD_MAX.min(cap)) {
+    if expected.is_none_or(|n| n > READ_AHEAD_MAX.min(cap)) {
         return feed_body(body, cap, Bytes::new());
     }
     let mut read = BytesMut::new();
