@@ -9,7 +9,9 @@
 //! - no host call waits (a sleep, a slow client): the first that would, ends the attempt;
 //! - at most `SLICE` of wall time: the watchdog ends the attempt there in Wasm code, and host
 //!   calls that loop over what a guest hands them check the slice where they check the
-//!   deadline.
+//!   deadline;
+//! - no bulk memory or table operator dearer than `BULK_MAX` (it would run to its end in host
+//!   code, past the slice): the first such operator ends the attempt before it runs.
 //!
 //! An attempt that hits any of these is discarded (its output, its log, its stderr) and the
 //! request runs again from the start on a pool thread, under the deadline of the instant the
@@ -55,6 +57,11 @@ pub const HELD_OUTPUT_MAX: usize = 256 << 10;
 pub const INIT_BYTES_MAX: u64 = 1 << 20;
 /// The largest request body an inline attempt takes: a guest copies stdin in one host call.
 pub const BODY_MAX: usize = 256 << 10;
+/// The dearest bulk operator an inline attempt runs, in fuel (256 Ki units: a 4 MiB
+/// `memory.fill` or `memory.copy`, or 256 Ki table elements); a dearer one moves the attempt
+/// before it starts. A bulk operator runs in host code, where the slice's signal does not stop
+/// it (`sandbox/signals.rs`).
+pub const BULK_MAX: u64 = 256 << 10;
 
 thread_local! {
     /// Set while this thread runs a guest inline.

@@ -30,6 +30,7 @@ pub struct Entries {
     metering_start: Option<ExportIndex>,
     remaining: Option<ExportIndex>,
     exhausted: Option<ExportIndex>,
+    bulk_max: Option<ExportIndex>,
     /// The export `memory`, else the one memory the module exports under another name.
     memory: Option<ExportIndex>,
     /// Whether `instantiate` may do without wasmer's instantiation (see the module's comment).
@@ -61,6 +62,7 @@ impl Entries {
             metering_start: function(metering::START_EXPORT).ok(),
             remaining: global(metering::REMAINING),
             exhausted: global(metering::EXHAUSTED),
+            bulk_max: global(metering::BULK_MAX),
             memory,
             direct: info.start_function.is_none() && module.sys_artifact().is_some(),
         }
@@ -95,6 +97,7 @@ impl Linked {
             fuel: Fuel::new(
                 exports.get_global(metering::REMAINING).ok().cloned(),
                 exports.get_global(metering::EXHAUSTED).ok().cloned(),
+                exports.get_global(metering::BULK_MAX).ok().cloned(),
             ),
             memory,
         }
@@ -163,17 +166,25 @@ pub fn instantiate(
         let metering_start = find(entries.metering_start);
         let remaining = find(entries.remaining);
         let exhausted = find(entries.exhausted);
+        let bulk_max = find(entries.bulk_max);
         let memory = find(entries.memory);
         let start = entries
             .start
             .clone()
             .map(|i| handle.lookup_by_declaration(i));
-        (start, metering_start, remaining, exhausted, memory)
+        (
+            start,
+            metering_start,
+            remaining,
+            exhausted,
+            bulk_max,
+            memory,
+        )
     });
     // Kept in the store whatever happened, as wasmer does: a partly initialized instance may
     // already be referred to from elsewhere in the store.
     StoreHandle::new(store.objects_mut().as_sys_mut(), handle);
-    let (start, metering_start, remaining, exhausted, memory) = found?;
+    let (start, metering_start, remaining, exhausted, bulk_max, memory) = found?;
     let start = start.and_then(|e| match e.to_extern(store) {
         Extern::Function(f) => Ok(f),
         _ => Err(ExportError::IncompatibleType.to_string()),
@@ -187,7 +198,11 @@ pub fn instantiate(
         _ => None,
     };
     let metering_start = function(store, metering_start);
-    let fuel = Fuel::new(global(store, remaining), global(store, exhausted));
+    let fuel = Fuel::new(
+        global(store, remaining),
+        global(store, exhausted),
+        global(store, bulk_max),
+    );
     let memory = match memory.map(|e| e.to_extern(store)) {
         Some(Extern::Memory(m)) => Some(m),
         _ => None,

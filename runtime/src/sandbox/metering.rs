@@ -16,9 +16,16 @@ use wasmer::{
 use wasmer_types::MiddlewareError;
 
 /// Part of the engine fingerprint: bump when the cost model, the globals or the exports change.
-pub const FUEL_MODEL: &str = "fuel-v2-bulk-by-length-start-exported";
+pub const FUEL_MODEL: &str = "fuel-v3-bulk-by-length-start-exported-bulk-max";
 pub const REMAINING: &str = "outpost_fuel_remaining";
 pub const EXHAUSTED: &str = "outpost_fuel_exhausted";
+/// The most one bulk operator may cost (in fuel); a dearer one stops the guest before it runs
+/// (`EXHAUSTED` reads `BULK_STOPPED`). Unlimited unless the sandbox lowers it for a run.
+pub const BULK_MAX: &str = "outpost_bulk_max";
+/// `EXHAUSTED` after the guest ran out of fuel.
+const OUT_OF_FUEL: i32 = 1;
+/// `EXHAUSTED` after a bulk operator dearer than `BULK_MAX` stopped the guest.
+const BULK_STOPPED: i32 = 2;
 /// The module's start function, exported under this name instead of run by instantiation.
 pub const START_EXPORT: &str = "outpost_start";
 /// Fuel for anything that runs before the request's budget is set: nothing should (the start
@@ -43,6 +50,7 @@ struct Globals {
     exhausted: u32,
     /// Holds a bulk operator's length while it is charged.
     scratch: u32,
+    bulk_max: u32,
 }
 
 impl ModuleMiddleware for FuelMetering {
@@ -59,6 +67,7 @@ impl ModuleMiddleware for FuelMetering {
                 remaining: u32::MAX,
                 exhausted: u32::MAX,
                 scratch: u32::MAX,
+                bulk_max: u32::MAX,
             });
         Box::new(FunctionFuel {
             globals,
@@ -84,6 +93,13 @@ impl ModuleMiddleware for FuelMetering {
             .globals
             .push(GlobalType::new(Type::I32, Mutability::Var));
         info.global_initializers.push(GlobalInit::I32Const(0));
+        let bulk_max = info
+            .globals
+            .push(GlobalType::new(Type::I64, Mutability::Var));
+        // -1: the largest unsigned cost, no limit.
+        info.global_initializers.push(GlobalInit::I64Const(-1));
+        info.exports
+            .insert(BULK_MAX.to_string(), ExportIndex::Global(bulk_max));
         // The start function would run inside instantiation, before the request's fuel is
         // set and its deadline armed; the sandbox calls it through this export instead.
         if let Some(start) = info.start_function.take() {
@@ -98,6 +114,7 @@ impl ModuleMiddleware for FuelMetering {
             remaining: remaining.as_u32(),
             exhausted: exhausted.as_u32(),
             scratch: scratch.as_u32(),
+            bulk_max: bulk_max.as_u32(),
         });
         Ok(())
     }
@@ -168,8 +185,9 @@ impl<'a> FunctionMiddleware<'a> for FunctionFuel {
             self.block_cost = 0;
         }
         if let Some(shift) = bulk_shift(&op) {
-            // The length is the operand on top of the stack: keep a copy in the scratch global
-            // and charge it before the operator runs.
+            // The length is the operand on top of the stack: keep a copy in the scratch global,
+            // stop the guest if the operator costs more than `BULK_MAX`, and charge it, all
+            // before the operator runs.
             state.extend([
                 Operator::GlobalSet {
                     global_index: g.scratch,
@@ -178,25 +196,40 @@ impl<'a> FunctionMiddleware<'a> for FunctionFuel {
                     global_index: g.scratch,
                 },
             ]);
-            charge(
-                state,
-                g,
-                &[
-                    Operator::GlobalGet {
-                        global_index: g.scratch,
-                    },
-                    Operator::I64ExtendI32U,
-                    Operator::I64Const { value: shift },
-                    Operator::I64ShrU,
-                ],
-            );
+            let cost = [
+                Operator::GlobalGet {
+                    global_index: g.scratch,
+                },
+                Operator::I64ExtendI32U,
+                Operator::I64Const { value: shift },
+                Operator::I64ShrU,
+            ];
+            state.extend(cost.iter().cloned());
+            state.extend([
+                Operator::GlobalGet {
+                    global_index: g.bulk_max,
+                },
+                Operator::I64GtU,
+                Operator::If {
+                    blockty: BlockType::Empty,
+                },
+                Operator::I32Const {
+                    value: BULK_STOPPED,
+                },
+                Operator::GlobalSet {
+                    global_index: g.exhausted,
+                },
+                Operator::Unreachable,
+                Operator::End,
+            ]);
+            charge(state, g, &cost);
         }
         state.push_operator(op);
         Ok(())
     }
 }
 
-/// Emit: if remaining < cost { exhausted = 1; unreachable } remaining -= cost, where `cost` is
+/// Emit: if remaining < cost { exhausted = OUT_OF_FUEL; unreachable } remaining -= cost, where `cost` is
 /// the operators that push the (i64) cost.
 fn charge<'a>(state: &mut MiddlewareReaderState<'a>, g: Globals, cost: &[Operator<'a>]) {
     state.push_operator(Operator::GlobalGet {
@@ -208,7 +241,7 @@ fn charge<'a>(state: &mut MiddlewareReaderState<'a>, g: Globals, cost: &[Operato
         Operator::If {
             blockty: BlockType::Empty,
         },
-        Operator::I32Const { value: 1 },
+        Operator::I32Const { value: OUT_OF_FUEL },
         Operator::GlobalSet {
             global_index: g.exhausted,
         },
@@ -231,13 +264,19 @@ fn charge<'a>(state: &mut MiddlewareReaderState<'a>, g: Globals, cost: &[Operato
 pub struct Fuel {
     remaining: Option<Global>,
     exhausted: Option<Global>,
+    bulk_max: Option<Global>,
 }
 
 impl Fuel {
-    pub fn new(remaining: Option<Global>, exhausted: Option<Global>) -> Self {
+    pub fn new(
+        remaining: Option<Global>,
+        exhausted: Option<Global>,
+        bulk_max: Option<Global>,
+    ) -> Self {
         Self {
             remaining,
             exhausted,
+            bulk_max,
         }
     }
 
@@ -248,19 +287,33 @@ impl Fuel {
             .is_some_and(|g| g.set(store, Value::I64(fuel as i64)).is_ok())
     }
 
-    /// Fuel left, and whether the guest ran out.
-    pub fn left(&self, store: &mut impl AsStoreMut) -> (u64, bool) {
-        let exhausted = self
-            .exhausted
+    /// Stop the guest before any bulk operator costing more than `max`.
+    pub fn limit_bulk(&self, store: &mut impl AsStoreMut, max: u64) -> bool {
+        self.bulk_max
+            .as_ref()
+            .is_some_and(|g| g.set(store, Value::I64(max as i64)).is_ok())
+    }
+
+    fn stopped(&self, store: &mut impl AsStoreMut) -> i32 {
+        self.exhausted
             .as_ref()
             .and_then(|g| g.get(store).i32())
             .unwrap_or(0)
-            != 0;
+    }
+
+    /// Fuel left, and whether the guest ran out.
+    pub fn left(&self, store: &mut impl AsStoreMut) -> (u64, bool) {
+        let exhausted = self.stopped(store) == OUT_OF_FUEL;
         let remaining = self
             .remaining
             .as_ref()
             .and_then(|g| g.get(store).i64())
             .unwrap_or(0) as u64;
         (if exhausted { 0 } else { remaining }, exhausted)
+    }
+
+    /// Whether a bulk operator over the `limit_bulk` stopped the guest.
+    pub fn bulk_stopped(&self, store: &mut impl AsStoreMut) -> bool {
+        self.stopped(store) == BULK_STOPPED
     }
 }

@@ -16,6 +16,11 @@ pub mod io;
 pub mod memory;
 pub mod metering;
 pub mod scheduler;
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod signals;
 mod stores;
 pub mod wasi;
 mod wasix;
@@ -354,7 +359,17 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> std::io::Result<Arc<Self>> {
         let workers = config.workers.max(1);
         let pool = MemoryPool::new(workers * 2);
-        let fingerprint = engine_fingerprint(&base_engine(config.compiler), config.compiler);
+        let engine = base_engine(config.compiler);
+        let fingerprint = engine_fingerprint(&engine, config.compiler);
+        #[cfg(all(
+            target_os = "linux",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        ))]
+        if !signals::install(&engine) {
+            tracing::warn!(
+                "the guard on wasmer's interrupt signal is not installed: a deadline may land in host code"
+            );
+        }
         let cache = ArtifactCache::open(&config.data_dir, fingerprint)?;
         Ok(Arc::new(Self {
             memories: pool,
@@ -1038,6 +1053,9 @@ impl Sandbox {
     ) -> Ran {
         let fuel = run.envelope.limits.fuel;
         linked.fuel.set(store, fuel);
+        if run.slice_end.is_some() {
+            linked.fuel.limit_bulk(store, inline::BULK_MAX);
+        }
         let instantiate = run.started.elapsed();
         let result = match &linked.metering_start {
             Some(start) => start.call(store, &[]).map(|_| ()),
@@ -1055,6 +1073,10 @@ impl Sandbox {
         }
         let grow_denied = memory::take_grow_denied();
         let (fuel_left, fuel_exhausted) = linked.fuel.left(store);
+        if linked.fuel.bulk_stopped(store) {
+            // Only an inline attempt limits bulk operators: it moves, and runs again unlimited.
+            inline::must_move();
+        }
         let mut exit_code = None;
         let failure = match result {
             Ok(()) => None,

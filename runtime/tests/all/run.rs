@@ -546,3 +546,38 @@ fn run_takes_the_singlepass_compiler_and_a_concurrency_limit() {
     let _ = first.wait();
     assert_eq!(curl(&one.url("/?sleep=0"), &[]).status, 200);
 }
+
+/// A guest that traps from 20,000 calls deep: wasmer walks every frame under the unwinder's
+/// lock as it raises the trap, which takes milliseconds, and a deadline's or a slice's
+/// interrupt lands meanwhile. Before `sandbox/signals.rs`, wasmer's handler acted on it there,
+/// in host code, and deadlocked on that lock: the first request (inline, its 2 ms slice ending
+/// mid-unwind) hung to its 10 s deadline or for good. Each request must now get its trap's 500
+/// (or its deadline's 504) at once, and the node keep serving.
+#[test]
+fn a_deadline_landing_while_a_trap_is_raised_hangs_nothing() {
+    let data = TempDir::new("deep-trap");
+    for (timeout, statuses) in [("10s", &[500][..]), ("5ms", &[500, 504][..])] {
+        let mut daemon = Daemon::run(
+            &wat_guest("deep_trap"),
+            &data.0,
+            &["--timeout", timeout],
+            &[],
+        );
+        for round in 0..6 {
+            let reply = curl(&daemon.url("/"), &["--max-time", "5"]);
+            assert!(
+                statuses.contains(&reply.status),
+                "timeout {timeout}, round {round}: {} after {:?}\n{}",
+                reply.status,
+                reply.elapsed,
+                daemon.log_text()
+            );
+            assert!(
+                reply.elapsed < Duration::from_secs(2),
+                "timeout {timeout}, round {round}: answered after {:?}",
+                reply.elapsed
+            );
+        }
+        assert!(daemon.alive(), "timeout {timeout}: the daemon went down");
+    }
+}
