@@ -145,9 +145,14 @@ const DISCARD_MAX: usize = 1 << 20;
 /// Request bodies of a length declared up front and at most this size are read before the
 /// guest starts (`take_body`): the inline path takes a request only with its whole body in hand.
 const READ_AHEAD_MAX: u64 = crate::sandbox::inline::BODY_MAX as u64;
+/// The longest a body is read ahead (less if the tenant's time limit is shorter): a client that
+/// declares a body and sends it slowly holds its admission permit this much longer than its
+/// guest's own deadline at most.
+const READ_AHEAD_WAIT: Duration = Duration::from_secs(1);
 
 /// The request body as the guest's stdin. A body of a declared length up to `READ_AHEAD_MAX` is
-/// read first, for at most `wait` (the request's time limit): a small POST then runs like a
+/// read first, for at most `wait` (the request's time limit) or `READ_AHEAD_WAIT`, whichever is
+/// shorter: a small POST then runs like a
 /// GET (inline when it qualifies), and a client slow to send it holds no guest thread and no
 /// CPU slot meanwhile, only its admission permit. What has not arrived by then, and any other
 /// body, streams to the guest as it arrives. Either way the tenant's body cap is enforced on
@@ -170,10 +175,11 @@ where
     // The timer is armed only if the body is not in hand at once. The body ends (`Ok(true)`),
     // fails, or grows past its declared length (`Ok(false)`: HTTP/3 does not hold a client to
     // its Content-Length), and its rest then streams like any other body.
-    let outcome = tokio::time::timeout(wait, async {
+    let mut total: u64 = 0;
+    let outcome = tokio::time::timeout(wait.min(READ_AHEAD_WAIT), async {
         while let Some(chunk) = next_chunk(&mut body).await {
             let chunk = chunk?;
-            let total = (first.len() + read.len() + chunk.len()) as u64;
+            total += chunk.len() as u64;
             if total > cap {
                 return Err(Failure::Limit(Limit::RequestBody));
             }
@@ -190,6 +196,11 @@ where
             if expected.is_some_and(|n| total > n) {
                 return Ok(false);
             }
+        }
+        // Ended short of its declared length (HTTP/1.1 and HTTP/2 already fail such a body):
+        // incomplete, never a shorter complete body.
+        if expected.is_some_and(|n| total < n) {
+            return Err(Failure::ClientGone);
         }
         Ok(true)
     })
