@@ -76,6 +76,9 @@ pub struct Linked {
     pub metering_start: Option<Function>,
     pub fuel: Fuel,
     pub memory: Option<Memory>,
+    /// Where the instance keeps its remaining fuel (an i64), for the signal guard to empty
+    /// (`signals::Running`); `None` for an instance wasmer made.
+    pub fuel_cell: Option<std::ptr::NonNull<i64>>,
 }
 
 impl Linked {
@@ -100,6 +103,7 @@ impl Linked {
                 exports.get_global(metering::BULK_MAX).ok().cloned(),
             ),
             memory,
+            fuel_cell: None,
         }
     }
 }
@@ -198,6 +202,17 @@ pub fn instantiate(
         _ => None,
     };
     let metering_start = function(store, metering_start);
+    let fuel_cell = match &remaining {
+        // The global's definition (a 16-byte value whose first 8 bytes hold an i64) lives in
+        // the instance, as long as it does.
+        Some(VMExtern::Global(handle)) => Some(
+            handle
+                .get(store.objects_mut().as_sys_mut())
+                .vmglobal()
+                .cast::<i64>(),
+        ),
+        _ => None,
+    };
     let fuel = Fuel::new(
         global(store, remaining),
         global(store, exhausted),
@@ -212,5 +227,6 @@ pub fn instantiate(
         metering_start,
         fuel,
         memory,
+        fuel_cell,
     })
 }

@@ -16,10 +16,6 @@ pub mod io;
 pub mod memory;
 pub mod metering;
 pub mod scheduler;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
 mod signals;
 mod stores;
 pub mod wasi;
@@ -361,10 +357,6 @@ impl Sandbox {
         let pool = MemoryPool::new(workers * 2);
         let engine = base_engine(config.compiler);
         let fingerprint = engine_fingerprint(&engine, config.compiler);
-        #[cfg(all(
-            target_os = "linux",
-            any(target_arch = "x86_64", target_arch = "aarch64")
-        ))]
         if !signals::install(&engine) {
             tracing::warn!(
                 "the guard on wasmer's interrupt signal is not installed: a deadline may land in host code"
@@ -1053,11 +1045,18 @@ impl Sandbox {
     ) -> Ran {
         let fuel = run.envelope.limits.fuel;
         linked.fuel.set(store, fuel);
-        if run.slice_end.is_some() {
-            linked.fuel.limit_bulk(store, inline::BULK_MAX);
+        // An inline attempt whose bulk operators cannot be limited (no such global) does not
+        // start: one operator could run far past its slice.
+        let unlimited = run.slice_end.is_some() && !linked.fuel.limit_bulk(store, inline::BULK_MAX);
+        if unlimited {
+            inline::must_move();
         }
         let instantiate = run.started.elapsed();
+        // SAFETY: the flag is the guard's, the fuel cell the instance's: both outlive the call,
+        // and `running` ends before either goes.
+        let running = unsafe { signals::Running::begin(guard.fired_flag(), linked.fuel_cell) };
         let result = match &linked.metering_start {
+            _ if unlimited => Err(RuntimeError::new("the inline attempt has no bulk limit")),
             Some(start) => start.call(store, &[]).map(|_| ()),
             None => Ok(()),
         }
@@ -1065,6 +1064,7 @@ impl Sandbox {
             Ok(start) => start.call(store, &[]).map(|_| ()),
             Err(why) => Err(RuntimeError::new(why.clone())),
         });
+        let taken = running.taken();
         let timed_out = guard.fired();
         // Asked again once disarmed: it may have fired since.
         let interrupted = guard.disarm();
@@ -1073,6 +1073,8 @@ impl Sandbox {
         }
         let grow_denied = memory::take_grow_denied();
         let (fuel_left, fuel_exhausted) = linked.fuel.left(store);
+        // Fuel the signal guard emptied ended the run by its deadline, not its budget.
+        let fuel_left = if taken > 0 { taken } else { fuel_left };
         if linked.fuel.bulk_stopped(store) {
             // Only an inline attempt limits bulk operators: it moves, and runs again unlimited.
             inline::must_move();

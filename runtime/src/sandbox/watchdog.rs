@@ -46,6 +46,11 @@ impl Guard {
         self.fired.load(Ordering::SeqCst)
     }
 
+    /// The flag `fired` reads, set (under the timers' lock) before each interrupt is sent.
+    pub fn fired_flag(&self) -> &AtomicBool {
+        &self.fired
+    }
+
     /// Disarm, and tell whether the interrupt was ever sent: after this it never is (the
     /// flag is set under the timers' lock before sending, and disarming takes that lock).
     pub fn disarm(self) -> bool {
