@@ -77,14 +77,29 @@ pub struct Linked {
     pub fuel: Fuel,
     pub memory: Option<Memory>,
     /// Where the instance keeps its remaining fuel (an i64), for the signal guard to empty
-    /// (`signals::Running`); `None` for an instance wasmer made.
+    /// (`signals::Running`).
     pub fuel_cell: Option<std::ptr::NonNull<i64>>,
+}
+
+/// Where a global keeps its value: the first 8 bytes of its 16-byte definition, which lives
+/// (in the instance, for an instance's own global) as long as the global does.
+fn cell_of(store: &mut impl AsStoreMut, global: &wasmer::Global) -> Option<std::ptr::NonNull<i64>> {
+    match Extern::Global(global.clone()).to_vm_extern().unwrap_sys() {
+        VMExtern::Global(handle) => Some(
+            handle
+                .get(store.objects_mut().as_sys_mut())
+                .vmglobal()
+                .cast::<i64>(),
+        ),
+        _ => None,
+    }
 }
 
 impl Linked {
     /// The same, from an instance wasmer made (its exports looked up by name).
-    pub fn of_instance(instance: &Instance) -> Self {
+    pub fn of_instance(store: &mut impl AsStoreMut, instance: &Instance) -> Self {
         let exports = &instance.exports;
+        let remaining = exports.get_global(metering::REMAINING).ok().cloned();
         let memory = exports.get_memory("memory").ok().cloned().or_else(|| {
             exports.iter().find_map(|(_, export)| match export {
                 Extern::Memory(memory) => Some(memory.clone()),
@@ -97,13 +112,13 @@ impl Linked {
                 .cloned()
                 .map_err(|e| e.to_string()),
             metering_start: exports.get_function(metering::START_EXPORT).ok().cloned(),
+            fuel_cell: remaining.as_ref().and_then(|g| cell_of(store, g)),
             fuel: Fuel::new(
-                exports.get_global(metering::REMAINING).ok().cloned(),
+                remaining,
                 exports.get_global(metering::EXHAUSTED).ok().cloned(),
                 exports.get_global(metering::BULK_MAX).ok().cloned(),
             ),
             memory,
-            fuel_cell: None,
         }
     }
 }
@@ -141,7 +156,7 @@ pub fn instantiate(
         Some(artifact) if entries.direct => artifact,
         _ => {
             let instance = Instance::new_by_index(store, module, &imports.externs)?;
-            return Ok(Linked::of_instance(&instance));
+            return Ok(Linked::of_instance(store, &instance));
         }
     };
     if !artifact.allocated() {
@@ -202,22 +217,9 @@ pub fn instantiate(
         _ => None,
     };
     let metering_start = function(store, metering_start);
-    let fuel_cell = match &remaining {
-        // The global's definition (a 16-byte value whose first 8 bytes hold an i64) lives in
-        // the instance, as long as it does.
-        Some(VMExtern::Global(handle)) => Some(
-            handle
-                .get(store.objects_mut().as_sys_mut())
-                .vmglobal()
-                .cast::<i64>(),
-        ),
-        _ => None,
-    };
-    let fuel = Fuel::new(
-        global(store, remaining),
-        global(store, exhausted),
-        global(store, bulk_max),
-    );
+    let remaining = global(store, remaining);
+    let fuel_cell = remaining.as_ref().and_then(|g| cell_of(store, g));
+    let fuel = Fuel::new(remaining, global(store, exhausted), global(store, bulk_max));
     let memory = match memory.map(|e| e.to_extern(store)) {
         Some(Extern::Memory(m)) => Some(m),
         _ => None,

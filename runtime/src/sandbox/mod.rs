@@ -1013,12 +1013,8 @@ impl Sandbox {
         let _killer = self
             .watchdog
             .arm_with(run.deadline, store.interrupter(), Some(kill));
-        let ran = self.call_start(
-            &mut store,
-            &instantiate::Linked::of_instance(&instance),
-            &run,
-            guard,
-        );
+        let linked = instantiate::Linked::of_instance(&mut store, &instance);
+        let ran = self.call_start(&mut store, &linked, &run, guard);
         wasi_env.on_exit(&mut store, None);
         let memory_peak = budget.used();
         drop(store);
