@@ -1061,7 +1061,10 @@ impl Sandbox {
             Err(why) => Err(RuntimeError::new(why.clone())),
         });
         let taken = running.taken();
-        let timed_out = guard.fired();
+        // A run that ended at or past its deadline failed by it, whether the watchdog got there
+        // first or not: a wasix sleep capped at the deadline can return just before the
+        // watchdog fires, and the guest then ends having written nothing.
+        let timed_out = guard.fired() || Instant::now() >= run.deadline;
         // Asked again once disarmed: it may have fired since.
         let interrupted = guard.disarm();
         if timed_out {
