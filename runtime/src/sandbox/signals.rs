@@ -37,6 +37,8 @@ use std::sync::{Once, OnceLock};
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 /// The executable ranges of every object loaded when the guard was installed: host code.
+/// Taken once: outpost never unloads a library (were one unloaded and guest code later mapped
+/// at its address, interrupts there would be declined, and the fuel takeover still stop it).
 static HOST_CODE: OnceLock<Box<[(usize, usize)]>> = OnceLock::new();
 /// wasmer's SIGUSR1 handler (a `sa_sigaction`), once the guard is installed in front of it.
 #[cfg(all(

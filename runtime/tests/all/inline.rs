@@ -15,11 +15,10 @@ fn runs(node: &Daemon, path: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
-#[test]
-fn short_guests_run_inline_and_the_others_move_with_the_same_response() {
-    let dir = TempDir::new("inline");
-    let cfg = dir.path("node.toml");
-    let config = format!(
+/// A node with a plain listener and one tenant, `a` (a 1.5 s time limit, fuel to spare),
+/// serving each (name, module) at `localhost/NAME`.
+fn node_serving(dir: &TempDir, apps: &[(&str, std::path::PathBuf)]) -> Daemon {
+    let mut config = format!(
         r#"[node]
 data_dir = "{data}"
 
@@ -33,55 +32,29 @@ allow_unsigned = true
 [tenant.limits]
 timeout = "1500ms"
 fuel = 100000000000
-
-[[app]]
-name = "hello"
-tenant = "a"
-source = "file:{hello}"
-
-[[app]]
-name = "nap"
-tenant = "a"
-source = "file:{nap}"
-
-[[app]]
-name = "big"
-tenant = "a"
-source = "file:{big}"
-
-[[app]]
-name = "spin"
-tenant = "a"
-source = "file:{spin}"
-
-[[route]]
-host = "localhost"
-path = "/hello"
-app = "hello"
-
-[[route]]
-host = "localhost"
-path = "/nap"
-app = "nap"
-
-[[route]]
-host = "localhost"
-path = "/big"
-app = "big"
-
-[[route]]
-host = "localhost"
-path = "/spin"
-app = "spin"
 "#,
         data = dir.path("data").display(),
-        hello = wat_guest("hello").display(),
-        nap = wat_guest("nap").display(),
-        big = wat_guest("big_body").display(),
-        spin = wat_guest("loop").display(),
     );
+    for (name, module) in apps {
+        config.push_str(&app_routed(name, "a", "localhost", module));
+    }
+    let cfg = dir.path("node.toml");
     std::fs::write(&cfg, config).expect("write config");
-    let node = Daemon::serve(&cfg);
+    Daemon::serve(&cfg)
+}
+
+#[test]
+fn short_guests_run_inline_and_the_others_move_with_the_same_response() {
+    let dir = TempDir::new("inline");
+    let node = node_serving(
+        &dir,
+        &[
+            ("hello", wat_guest("hello")),
+            ("nap", wat_guest("nap")),
+            ("big", wat_guest("big_body")),
+            ("spin", wat_guest("loop")),
+        ],
+    );
 
     // One request at a time: the tenant's slot is always free, so each runs inline.
     for _ in 0..5 {
@@ -320,36 +293,7 @@ sys.stdout.write(out.decode("latin-1"))
 #[test]
 fn a_small_body_is_read_ahead_within_the_time_limit_and_streams_after_it() {
     let dir = TempDir::new("inline-read-ahead");
-    let cfg = dir.path("node.toml");
-    let config = format!(
-        r#"[node]
-data_dir = "{data}"
-
-[listen]
-http = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-
-[[tenant]]
-name = "a"
-allow_unsigned = true
-[tenant.limits]
-timeout = "1500ms"
-
-[[app]]
-name = "drain"
-tenant = "a"
-source = "file:{drain}"
-
-[[route]]
-host = "localhost"
-path = "/drain"
-app = "drain"
-"#,
-        data = dir.path("data").display(),
-        drain = wat_guest("drain").display(),
-    );
-    std::fs::write(&cfg, config).expect("write config");
-    let node = Daemon::serve(&cfg);
+    let node = node_serving(&dir, &[("drain", wat_guest("drain"))]);
 
     let reply = post_in_parts(&node, "/drain", 700, &[300, 400], 0.5);
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
