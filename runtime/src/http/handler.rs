@@ -166,10 +166,12 @@ where
     if body.is_end_stream() {
         return GuestInput::fixed(Bytes::new());
     }
-    let expected = declared.or_else(|| body.size_hint().exact());
-    if expected.is_none_or(|n| n > READ_AHEAD_MAX.min(cap)) {
+    let Some(expected) = declared
+        .or_else(|| body.size_hint().exact())
+        .filter(|&n| n <= READ_AHEAD_MAX.min(cap))
+    else {
         return feed_body(body, cap, Bytes::new());
-    }
+    };
     let mut read = BytesMut::new();
     let mut first = Bytes::new();
     // The timer is armed only if the body is not in hand at once. The body ends (`Ok(true)`),
@@ -187,19 +189,19 @@ where
                 first = chunk;
             } else {
                 if read.is_empty() {
-                    read.reserve(expected.unwrap_or(0).min(cap) as usize);
+                    read.reserve(expected as usize);
                     read.extend_from_slice(&first);
                     first = Bytes::new();
                 }
                 read.extend_from_slice(&chunk);
             }
-            if expected.is_some_and(|n| total > n) {
+            if total > expected {
                 return Ok(false);
             }
         }
         // Ended short of its declared length (HTTP/1.1 and HTTP/2 already fail such a body):
         // incomplete, never a shorter complete body.
-        if expected.is_some_and(|n| total < n) {
+        if total < expected {
             return Err(Failure::ClientGone);
         }
         Ok(true)
