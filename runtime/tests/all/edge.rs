@@ -361,6 +361,37 @@ fn one_quic_connection_serves_thousands_of_requests_in_steady_memory() {
     );
 }
 
+/// One HTTP/3 connection's requests are served together in its task (`http/quic.rs`), not one
+/// task each: a request whose guest is still running (the stream guest, asleep for 4 s) holds
+/// none of the others on its connection. The 100 requests sent beside it, 8 at a time, all end
+/// before it does.
+#[test]
+fn a_slow_request_holds_none_of_its_neighbours_on_an_http3_connection() {
+    let edge = Edge::start("edge-h3-neighbours");
+    let (json, _) = edge.h3_with(
+        "shop.acme.test",
+        "/",
+        "GET",
+        None,
+        &[
+            "--repeat",
+            "100",
+            "--parallel",
+            "8",
+            "--beside",
+            "https://shop.acme.test/stream?sleep=4000",
+        ],
+    );
+    assert_eq!(json["statuses"]["200"], 100, "{json}");
+    assert_eq!(json["beside"]["status"], 200, "{json}");
+    let others = json["others_after"].as_f64().expect("others_after");
+    let slow = json["beside"]["after"].as_f64().expect("beside.after");
+    assert!(
+        others < slow && slow >= 4.0,
+        "the others ended {others} s after the start and the slow one {slow} s: {json}"
+    );
+}
+
 #[test]
 fn unknown_hosts_full_tenants_and_large_bodies_are_refused() {
     let edge = Edge::start("edge-admission");

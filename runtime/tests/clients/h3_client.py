@@ -4,7 +4,7 @@
     h3_client.py --connect 127.0.0.1:PORT --url https://HOST/PATH --cacert CA.pem
                  [--method POST] [--data-file FILE] [--out FILE] [--repeat N --parallel P]
                  [--rounds R] [--stream-body] [--header "NAME: VALUE"]... [--header-file FILE]
-                 [--idle-wait SECONDS]
+                 [--idle-wait SECONDS] [--beside URL]
 
 Prints one JSON line: {"status": N, "headers": [[name, value], ...], "bytes": N}; the body
 goes to --out. With --repeat, sends N requests over the one connection, P at a time, and also
@@ -16,6 +16,9 @@ look at the server while the connection is open.
 argument. With --idle-wait, the connection then stays open, sending nothing, until it ends
 (the server's idle timeout, which the client adopts when it is the shorter) or SECONDS pass:
 "closed_after" in the JSON is the time that took (null if it did not end).
+With --beside URL (same host), one GET to URL is sent first on the same connection and the
+other requests go beside it: "beside" in the JSON gives its status and "after", the seconds
+from the start until it ended, and "others_after" those until the last other request ended.
 Exits non-zero if a request fails or the certificate does not verify.
 """
 import argparse
@@ -107,16 +110,32 @@ async def main(args):
                 statuses[code] = statuses.get(code, 0) + 1
             return events
 
-        for round in range(1, max(1, args.rounds) + 1):
+        started = time.monotonic()
+        beside = None
+        if args.beside:
+            other = urlparse(args.beside)
+            other_path = (other.path or "/") + ("?" + other.query if other.query else "")
+
+            async def timed():
+                events = await asyncio.wait_for(client.request("GET", other.netloc, other_path, b""), args.timeout)
+                code = next((int(v) for ev in events if isinstance(ev, HeadersReceived) for k, v in ev.headers if k == b":status"), 0)
+                return {"status": code, "after": round(time.monotonic() - started, 3)}
+
+            beside = asyncio.ensure_future(timed())
+            await asyncio.sleep(0.05)  # its request is on the wire before the others
+        for batch in range(1, max(1, args.rounds) + 1):
             left = args.repeat
             results = await asyncio.gather(*(one() for _ in range(max(1, args.parallel))))
+            others_after = round(time.monotonic() - started, 3)
             events = next((r for r in results if r), [])
             if args.rounds > 1:
-                print(json.dumps({"round": round, "statuses": statuses}), flush=True)
+                print(json.dumps({"round": batch, "statuses": statuses}), flush=True)
                 statuses = {}
                 line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
                 if not line:
                     raise RuntimeError("stdin closed between rounds")
+        if beside is not None:
+            beside = await beside
         closed_after = None
         if args.idle_wait:
             idle_from = time.monotonic()
@@ -143,6 +162,9 @@ async def main(args):
         reply["statuses"] = statuses
     if args.idle_wait:
         reply["closed_after"] = closed_after
+    if beside is not None:
+        reply["beside"] = beside
+        reply["others_after"] = others_after
     print(json.dumps(reply))
 
 
@@ -162,6 +184,7 @@ if __name__ == "__main__":
     p.add_argument("--header-file", help="a file of NAME: VALUE lines, sent on every request")
     p.add_argument("--idle-wait", type=float, default=0, help="then wait this long for the connection to end")
     p.add_argument("--stream-body", action="store_true", help="send the body without a content-length")
+    p.add_argument("--beside", help="a URL on the same host, requested once beside the others")
     try:
         asyncio.run(main(p.parse_args()))
     except Exception as e:  # any failure is a failed request for the test
