@@ -9,6 +9,7 @@ pub mod handler;
 pub mod plain;
 pub mod quic;
 pub mod router;
+pub mod streams;
 pub mod tls;
 
 use std::future::Future;

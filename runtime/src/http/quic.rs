@@ -3,18 +3,16 @@
 //! the idle timeout; on shutdown, new requests are refused and open ones finish.
 
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use super::body::InBody;
 use super::handler::ConnInfo;
+use super::streams::Requests;
 use super::tls::ConnLimits;
 use super::Handler;
 use crate::metrics::Metrics;
@@ -130,12 +128,10 @@ async fn serve_connection(
             return;
         }
     };
-    // The connection's requests run inside this task rather than one task each: the
-    // responses of every request that is ready are written before the task yields, so quinn's
-    // driver, woken by the first write, sends them together (fewer datagrams and `sendmsg`
-    // calls per request than when it runs after each one). quinn caps the streams open at once
-    // (`max_streams`), so the set is bounded.
-    let mut requests = FuturesUnordered::new();
+    // The connection's requests run inside this task (`streams`): quinn's driver, woken by
+    // the first response written, sends the responses of all that were ready together. quinn
+    // caps the streams open at once (`max_streams`).
+    let mut requests = Requests::default();
     let mut draining = false;
     loop {
         let stopping = async {
@@ -143,7 +139,12 @@ async fn serve_connection(
         };
         let next = tokio::select! {
             next = h3conn.accept() => next,
-            Some(()) = requests.next(), if !requests.is_empty() => continue,
+            Some(()) = requests.next(), if !requests.is_empty() => {
+                // Each request that ends counts against the task's turn, so a connection with
+                // many ready gives its thread to the other tasks in time.
+                tokio::task::consume_budget().await;
+                continue;
+            }
             _ = stopping => {
                 // GOAWAY: no new requests; those already accepted finish below.
                 let _ = h3conn.shutdown(0).await;
@@ -154,18 +155,12 @@ async fn serve_connection(
         match next {
             Ok(Some(resolver)) => {
                 let (handler, info) = (handler.clone(), info.clone());
-                let request = async move {
+                requests.push(async move {
                     match resolver.resolve_request().await {
                         Ok((req, stream)) => serve_request(req, stream, handler, info).await,
                         Err(e) => tracing::debug!(error = %e, "bad HTTP/3 request"),
                     }
-                };
-                // A request that panicked fails alone, as it did in a task of its own.
-                requests.push(AssertUnwindSafe(request).catch_unwind().map(|ran| {
-                    if ran.is_err() {
-                        tracing::error!("an HTTP/3 request panicked; its stream is reset");
-                    }
-                }));
+                });
             }
             Ok(None) => break,
             Err(e) => {
@@ -174,7 +169,7 @@ async fn serve_connection(
             }
         }
     }
-    while requests.next().await.is_some() {}
+    requests.finish().await;
     if draining {
         // The responses are written; the client closes once it has them all (it was sent
         // GOAWAY). The idle timeout bounds a client that does not.

@@ -1,12 +1,14 @@
 //! TLS over TCP (rustls): HTTP/1.1 and HTTP/2 by ALPN, one hyper connection per TLS session,
 //! under the node's connection cap and timeouts. Responses advertise HTTP/3 with Alt-Svc.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -16,6 +18,7 @@ use super::body::InBody;
 use super::conn::{linger, Framing, Lingering, Open, Timeouts, Tracked, Watched};
 use super::handler::ConnInfo;
 use super::plain::accept_until;
+use super::streams::{self, ConnExecutor};
 use super::{protocol_of, Handler};
 use crate::metrics::Metrics;
 
@@ -44,7 +47,7 @@ impl TlsListener {
     /// Accept until `shutdown`; then let open requests finish (up to `drain`).
     pub async fn serve(self, mut shutdown: watch::Receiver<bool>, drain: Duration) {
         let graceful = GracefulShutdown::new();
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(ConnExecutor);
         builder
             .http1()
             .timer(TokioTimer::new())
@@ -132,7 +135,10 @@ impl TlsListener {
                 let connection = builder
                     .serve_connection(TokioIo::new(io), service)
                     .into_owned();
-                if let Err(e) = graceful.watch(connection).await {
+                // HTTP/2 streams run in this task (`streams`), written out together.
+                let watched: Pin<Box<dyn Future<Output = _> + Send>> =
+                    Box::pin(graceful.watch(connection));
+                if let Err(e) = streams::drive(watched).await {
                     tracing::debug!(%remote, error = %e, "connection ended with an error");
                 }
                 // The connection is dropped: its socket is back here to close.

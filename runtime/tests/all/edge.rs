@@ -361,13 +361,54 @@ fn one_quic_connection_serves_thousands_of_requests_in_steady_memory() {
     );
 }
 
-/// One HTTP/3 connection's requests are served together in its task (`http/quic.rs`), not one
-/// task each: a request whose guest is still running (the stream guest, asleep for 4 s) holds
-/// none of the others on its connection. The 100 requests sent beside it, 8 at a time, all end
-/// before it does.
+/// The requests of one HTTP/2 or HTTP/3 connection are served together in the connection's
+/// task (`http/streams.rs`), not one task each: a request whose guest is still running (the
+/// stream guest, asleep for 4 s) holds none of the others on its connection. The 100 requests
+/// sent beside it, 8 at a time, all end before it does.
 #[test]
-fn a_slow_request_holds_none_of_its_neighbours_on_an_http3_connection() {
-    let edge = Edge::start("edge-h3-neighbours");
+fn a_slow_request_holds_none_of_its_neighbours_on_a_multiplexed_connection() {
+    let edge = Edge::start("edge-neighbours");
+    let slow = "/stream?sleep=4000";
+
+    // HTTP/2: curl multiplexes its transfers on one connection and reports each as it ends.
+    let origin = format!("https://shop.acme.test:{}", edge.port());
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--http2", "--max-time", "60", "--parallel"])
+        .args(["--parallel-max", "8", "--cacert"])
+        .arg(&edge.pki.ca)
+        .args([
+            "--resolve",
+            &format!("shop.acme.test:{}:127.0.0.1", edge.port()),
+        ])
+        .args([
+            "-w",
+            "%{http_code} %{http_version} %{num_connects} %{url}\\n",
+        ])
+        .args(["-o", "/dev/null", &format!("{origin}{slow}")]);
+    for i in 0..100 {
+        cmd.args(["-o", "/dev/null", &format!("{origin}/?{i}")]);
+    }
+    let out = cmd.output().expect("curl (scripts/test installs it)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let ended: Vec<Vec<&str>> = report.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(
+        ended.len(),
+        101,
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        ended.iter().all(|e| e[0] == "200" && e[1] == "2"),
+        "every request answered 200 over HTTP/2:\n{report}"
+    );
+    let connects: u32 = ended.iter().filter_map(|e| e[2].parse::<u32>().ok()).sum();
+    assert_eq!(connects, 1, "all on one connection:\n{report}");
+    assert!(
+        ended[100][3].ends_with(slow),
+        "the slow request ended last:\n{report}"
+    );
+
+    // HTTP/3: the aioquic client's --beside.
     let (json, _) = edge.h3_with(
         "shop.acme.test",
         "/",
@@ -379,7 +420,7 @@ fn a_slow_request_holds_none_of_its_neighbours_on_an_http3_connection() {
             "--parallel",
             "8",
             "--beside",
-            "https://shop.acme.test/stream?sleep=4000",
+            &format!("https://shop.acme.test{slow}"),
         ],
     );
     assert_eq!(json["statuses"]["200"], 100, "{json}");

@@ -1,0 +1,311 @@
+//! A connection's requests driven inside the connection's own task, not one task each.
+//!
+//! With a task per request, each response write wakes the connection's task, which tokio runs
+//! right after the request's task (its LIFO slot): every response then leaves in a write and a
+//! wake-up of the client of its own. Driven together, the responses of all requests that are
+//! ready are written before the connection is polled again, and leave together: one `writev`
+//! (HTTP/2) or one `sendmsg` (HTTP/3, quinn) for several. A request that waits (for its guest
+//! on a guest thread, its body, an origin) holds none of the others; one that panics fails
+//! alone, as it did in a task of its own. What a connection gives up is running its requests
+//! on both async threads at once: its inline guests run one after another on its thread, each
+//! bounded by the inline path's slice and its app's average (docs/architecture.md), and the
+//! task yields after a few rounds so the thread's other connections get their turn.
+//!
+//! hyper starts each HTTP/2 stream through its executor: `ConnExecutor` hands the stream to
+//! the connection being polled (`drive`), or, outside one, spawns it as a task.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+
+/// One request's work, boxed to sit beside its connection's others.
+pub type Request = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+tokio::task_local! {
+    /// Where the executor puts streams started while `drive` polls its connection.
+    static STARTED: mpsc::UnboundedSender<Request>;
+}
+
+/// A request that panicked fails alone: its stream is dropped (reset), and its neighbours run on.
+type Guarded = futures_util::future::CatchUnwind<AssertUnwindSafe<Request>>;
+
+/// A connection's requests, polled by its task: `push` one, then poll `next` with the
+/// connection's other work. Bounded by the protocol's concurrent-stream limit, which the
+/// connection enforces before a request gets here.
+#[derive(Default)]
+pub struct Requests {
+    set: FuturesUnordered<Guarded>,
+}
+
+fn ended(ran: std::thread::Result<()>) {
+    if ran.is_err() {
+        tracing::error!("a request panicked; its stream is reset");
+    }
+}
+
+impl Requests {
+    pub fn push(&mut self, request: impl Future<Output = ()> + Send + 'static) {
+        self.push_boxed(Box::pin(request));
+    }
+
+    fn push_boxed(&mut self, request: Request) {
+        self.set.push(AssertUnwindSafe(request).catch_unwind());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// Wait for any request to end; `None` when none is left.
+    pub async fn next(&mut self) -> Option<()> {
+        self.set.next().await.map(ended)
+    }
+
+    /// Poll every request that was woken; true if any ended.
+    fn poll_ended(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut any = false;
+        while let Poll::Ready(Some(ran)) = self.set.poll_next_unpin(cx) {
+            ended(ran);
+            any = true;
+        }
+        any
+    }
+
+    /// Let every request run to its end.
+    pub async fn finish(&mut self) {
+        while self.next().await.is_some() {}
+    }
+}
+
+/// hyper's executor for HTTP/2 streams: see the module's comment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnExecutor;
+
+impl<F> hyper::rt::Executor<F> for ConnExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        let mut stream = Some(Box::pin(stream) as Request);
+        let _ = STARTED.try_with(|started| {
+            if let Some(s) = stream.take() {
+                if let Err(refused) = started.send(s) {
+                    stream = Some(refused.0);
+                }
+            }
+        });
+        if let Some(s) = stream {
+            tokio::spawn(s);
+        }
+    }
+}
+
+/// Run `connection` (a hyper connection served with `ConnExecutor`) and the streams it
+/// starts, all in the calling task, until the connection has ended and its streams with it.
+/// The connection comes boxed (`Box::pin`) where its type is known to be `Send`.
+pub fn drive<C: Future + Unpin>(connection: C) -> Driven<C> {
+    let (started, rx) = mpsc::unbounded_channel();
+    Driven {
+        connection,
+        started,
+        rx,
+        requests: Requests::default(),
+        output: None,
+    }
+}
+
+/// Rounds of the connection and its requests one poll of `Driven` runs after the first.
+const ROUNDS: u32 = 2;
+
+/// What `drive` returns.
+pub struct Driven<C: Future> {
+    connection: C,
+    started: mpsc::UnboundedSender<Request>,
+    rx: mpsc::UnboundedReceiver<Request>,
+    requests: Requests,
+    output: Option<C::Output>,
+}
+
+impl<C> Future for Driven<C>
+where
+    C: Future + Unpin,
+    C::Output: Unpin,
+{
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = self.get_mut();
+        let mut rounds = 0;
+        loop {
+            if this.output.is_none() {
+                let connection = Pin::new(&mut this.connection);
+                if let Poll::Ready(out) =
+                    STARTED.sync_scope(this.started.clone(), || connection.poll(cx))
+                {
+                    this.output = Some(out);
+                }
+            }
+            let mut started = false;
+            while let Poll::Ready(Some(request)) = this.rx.poll_recv(cx) {
+                this.requests.push_boxed(request);
+                started = true;
+            }
+            let ended = this.requests.poll_ended(cx);
+            if this.output.is_some() {
+                if this.requests.is_empty() {
+                    if let Some(out) = this.output.take() {
+                        return Poll::Ready(out);
+                    }
+                }
+                return Poll::Pending;
+            }
+            // A request that started or ended leaves the connection work to do now (the
+            // frames after it, the responses to write). After a few rounds the task yields to
+            // the others on its thread: whatever is left has woken it already (a response
+            // written wakes the connection), so it is polled again.
+            if !(started || ended) || rounds == ROUNDS {
+                return Poll::Pending;
+            }
+            rounds += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use hyper::rt::Executor;
+
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn a_request_that_panics_fails_alone() {
+        runtime().block_on(async {
+            let done = Arc::new(AtomicUsize::new(0));
+            let mut requests = Requests::default();
+            requests.push(async { panic!("a bug in one request") });
+            for _ in 0..3 {
+                let done = done.clone();
+                requests.push(async move {
+                    tokio::task::yield_now().await;
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+            requests.finish().await;
+            assert_eq!(done.load(Ordering::SeqCst), 3);
+            assert!(requests.is_empty());
+        });
+    }
+
+    /// A connection that starts `n` streams through the executor on its first poll (each
+    /// waiting a little, then noting the task it runs in), and ends when all have ended.
+    struct Connection {
+        n: usize,
+        started: bool,
+        /// Ends as soon as it has started its streams (as a connection reset would).
+        at_once: bool,
+        tasks: Arc<std::sync::Mutex<Vec<Option<tokio::task::Id>>>>,
+    }
+
+    impl Future for Connection {
+        type Output = usize;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            if !self.started {
+                self.started = true;
+                for _ in 0..self.n {
+                    let (tasks, waker) = (self.tasks.clone(), cx.waker().clone());
+                    ConnExecutor.execute(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                        tasks.lock().expect("lock").push(tokio::task::try_id());
+                        waker.wake();
+                    });
+                }
+            }
+            let ended = self.tasks.lock().expect("lock").len();
+            if ended == self.n || self.at_once {
+                Poll::Ready(ended)
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    #[test]
+    fn a_connections_streams_run_in_its_task_and_it_ends_after_them() {
+        runtime().block_on(async {
+            let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let connection = Connection {
+                n: 5,
+                started: false,
+                at_once: false,
+                tasks: tasks.clone(),
+            };
+            let driving = tokio::spawn(async move {
+                let ended = drive(Box::pin(connection)).await;
+                (ended, tokio::task::id())
+            });
+            let (ended, driver) = driving.await.expect("driven");
+            assert_eq!(ended, 5);
+            let tasks = tasks.lock().expect("lock").clone();
+            assert_eq!(
+                tasks,
+                vec![Some(driver); 5],
+                "every stream ran in the connection's task"
+            );
+        });
+    }
+
+    #[test]
+    fn a_connection_that_ends_first_is_driven_until_its_streams_have_ended() {
+        runtime().block_on(async {
+            let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let connection = Connection {
+                n: 3,
+                started: false,
+                at_once: true,
+                tasks: tasks.clone(),
+            };
+            assert_eq!(drive(Box::pin(connection)).await, 0);
+            assert_eq!(tasks.lock().expect("lock").len(), 3, "streams left running");
+        });
+    }
+
+    #[test]
+    fn a_stream_started_outside_a_driven_connection_gets_a_task_of_its_own() {
+        runtime().block_on(async {
+            let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let connection = Connection {
+                n: 2,
+                started: false,
+                at_once: false,
+                tasks: tasks.clone(),
+            };
+            let driving = tokio::spawn(async move {
+                let ended = connection.await;
+                (ended, tokio::task::id())
+            });
+            let (ended, driver) = driving.await.expect("polled");
+            assert_eq!(ended, 2);
+            let tasks = tasks.lock().expect("lock").clone();
+            assert!(
+                tasks.iter().all(|t| t.is_some() && *t != Some(driver)),
+                "{tasks:?} (the connection's task: {driver:?})"
+            );
+        });
+    }
+}
