@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::body::InBody;
 use super::handler::ConnInfo;
-use super::streams::Requests;
+use super::streams::{self, Requests};
 use super::tls::ConnLimits;
 use super::Handler;
 use crate::metrics::Metrics;
@@ -96,7 +96,8 @@ impl QuicListener {
                     https: true,
                     protocol: "HTTP/3",
                 };
-                serve_connection(conn, handler, info, limits, stop).await;
+                // Each poll a turn: its requests run at most `streams::TURN` before it yields.
+                streams::turns(serve_connection(conn, handler, info, limits, stop)).await;
             });
         }
         // Stop accepting; let open connections finish their requests.
@@ -139,12 +140,7 @@ async fn serve_connection(
         };
         let next = tokio::select! {
             next = h3conn.accept() => next,
-            Some(()) = requests.next(), if !requests.is_empty() => {
-                // Each request that ends counts against the task's turn, so a connection with
-                // many ready gives its thread to the other tasks in time.
-                tokio::task::consume_budget().await;
-                continue;
-            }
+            Some(()) = requests.next(), if !requests.is_empty() => continue,
             _ = stopping => {
                 // GOAWAY: no new requests; those already accepted finish below.
                 let _ = h3conn.shutdown(0).await;
@@ -234,7 +230,8 @@ async fn serve_request(
     handler: Handler,
     info: ConnInfo,
 ) {
-    let (mut send, recv) = stream.split();
+    let (send, recv) = stream.split();
+    let mut send = Response { send, ended: false };
     let body = InBody::h3(recv).await;
     let response = handler(req.map(|()| body), info).await;
     let (mut parts, mut body) = response.into_parts();
@@ -265,11 +262,44 @@ async fn serve_request(
                 // The guest failed mid-body: reset the stream so the client sees it incomplete.
                 tracing::debug!(%failure, "HTTP/3 response cut off");
                 send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                send.ended = true;
                 return;
             }
         }
     }
-    let _ = send.finish().await;
+    if send.finish().await.is_ok() {
+        send.ended = true;
+    }
+}
+
+/// The sending half of an HTTP/3 request stream, reset when dropped before its response ended:
+/// quinn finishes a stream dropped unfinished, so a response cut short (its request dropped,
+/// or panicked) would otherwise look complete to the client.
+struct Response {
+    send: h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
+    ended: bool,
+}
+
+impl std::ops::Deref for Response {
+    type Target = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.send
+    }
+}
+
+impl std::ops::DerefMut for Response {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.send
+    }
+}
+
+impl Drop for Response {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,19 +8,21 @@
 //! on a guest thread, its body, an origin) holds none of the others; one that panics fails
 //! alone, as it did in a task of its own. What a connection gives up is running its requests
 //! on both async threads at once: its inline guests run one after another on its thread, each
-//! bounded by the inline path's slice and its app's average (docs/architecture.md), and the
-//! task yields after a few rounds so the thread's other connections get their turn.
+//! bounded by the inline path's slice (docs/architecture.md). Each poll of the connection's
+//! task is a turn that polls requests for at most `TURN` (1 ms); those still woken then wait
+//! for its next turn, and the thread serves its other connections meanwhile.
 //!
 //! hyper starts each HTTP/2 stream through its executor: `ConnExecutor` hands the stream to
 //! the connection being polled (`drive`), or, outside one, spawns it as a task.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
 /// One request's work, boxed to sit beside its connection's others.
@@ -31,21 +33,86 @@ tokio::task_local! {
     static STARTED: mpsc::UnboundedSender<Request>;
 }
 
-/// A request that panicked fails alone: its stream is dropped (reset), and its neighbours run on.
-type Guarded = futures_util::future::CatchUnwind<AssertUnwindSafe<Request>>;
+/// How long one turn of a connection's task may go on polling its requests: past it, the
+/// requests still woken wait for the task's next turn, and the thread serves its other tasks.
+/// A turn therefore holds its thread at most this long plus one request's poll (an inline run
+/// is bounded by its slice).
+const TURN: Duration = Duration::from_millis(1);
 
-/// A connection's requests, polled by its task: `push` one, then poll `next` with the
-/// connection's other work. Bounded by the protocol's concurrent-stream limit, which the
-/// connection enforces before a request gets here.
+thread_local! {
+    /// When the turn of the connection task being polled on this thread began.
+    static TURN_STARTED: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Run `poll` as a turn of a connection's task (see `TURN`).
+fn in_turn<R>(poll: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Instant>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            TURN_STARTED.with(|turn| turn.set(self.0));
+        }
+    }
+    let _restore = Restore(TURN_STARTED.with(|turn| turn.replace(Some(Instant::now()))));
+    poll()
+}
+
+fn turn_is_over() -> bool {
+    TURN_STARTED.with(|turn| turn.get().is_some_and(|started| started.elapsed() >= TURN))
+}
+
+/// One request beside its neighbours. A panic while it is polled or dropped is caught, so it
+/// fails alone (its response stream reset by its drop) and its neighbours run on; past its
+/// task's turn it waits for the next.
+struct Guarded {
+    request: Option<Request>,
+}
+
+impl Guarded {
+    /// Drop the request where a panic in its drop stays caught. True if that panicked.
+    fn drop_request(&mut self) -> bool {
+        let request = self.request.take();
+        std::panic::catch_unwind(AssertUnwindSafe(move || drop(request))).is_err()
+    }
+}
+
+impl Future for Guarded {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if turn_is_over() {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let Some(request) = self.request.as_mut() else {
+            return Poll::Ready(());
+        };
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| request.as_mut().poll(cx)));
+        let panicked = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(())) => false,
+            Err(_) => true,
+        };
+        if self.drop_request() || panicked {
+            tracing::error!("a request panicked; its response stream is reset");
+        }
+        Poll::Ready(())
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if self.request.is_some() && self.drop_request() {
+            tracing::error!("a request panicked as it was dropped");
+        }
+    }
+}
+
+/// A connection's requests, polled by its task (inside `turns`): `push` one, then poll `next`
+/// with the connection's other work. Bounded by the protocol's concurrent-stream limit, which
+/// the connection enforces before a request gets here.
 #[derive(Default)]
 pub struct Requests {
     set: FuturesUnordered<Guarded>,
-}
-
-fn ended(ran: std::thread::Result<()>) {
-    if ran.is_err() {
-        tracing::error!("a request panicked; its stream is reset");
-    }
 }
 
 impl Requests {
@@ -54,7 +121,9 @@ impl Requests {
     }
 
     fn push_boxed(&mut self, request: Request) {
-        self.set.push(AssertUnwindSafe(request).catch_unwind());
+        self.set.push(Guarded {
+            request: Some(request),
+        });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -63,14 +132,13 @@ impl Requests {
 
     /// Wait for any request to end; `None` when none is left.
     pub async fn next(&mut self) -> Option<()> {
-        self.set.next().await.map(ended)
+        self.set.next().await
     }
 
     /// Poll every request that was woken; true if any ended.
     fn poll_ended(&mut self, cx: &mut Context<'_>) -> bool {
         let mut any = false;
-        while let Poll::Ready(Some(ran)) = self.set.poll_next_unpin(cx) {
-            ended(ran);
+        while let Poll::Ready(Some(())) = self.set.poll_next_unpin(cx) {
             any = true;
         }
         any
@@ -119,6 +187,27 @@ pub fn drive<C: Future + Unpin>(connection: C) -> Driven<C> {
     }
 }
 
+/// `connection` (one that polls a `Requests`), each poll of it a turn (see `TURN`).
+pub fn turns<C: Future>(connection: C) -> Turns<C> {
+    Turns {
+        connection: Box::pin(connection),
+    }
+}
+
+/// What `turns` returns.
+pub struct Turns<C> {
+    connection: Pin<Box<C>>,
+}
+
+impl<C: Future> Future for Turns<C> {
+    type Output = C::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let connection = self.connection.as_mut();
+        in_turn(|| connection.poll(cx))
+    }
+}
+
 /// Rounds of the connection and its requests one poll of `Driven` runs after the first.
 const ROUNDS: u32 = 2;
 
@@ -140,6 +229,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let this = self.get_mut();
+        in_turn(|| this.turn(cx))
+    }
+}
+
+impl<C> Driven<C>
+where
+    C: Future + Unpin,
+    C::Output: Unpin,
+{
+    fn turn(&mut self, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = self;
         let mut rounds = 0;
         loop {
             if this.output.is_none() {
@@ -180,6 +280,7 @@ where
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     use hyper::rt::Executor;
 
@@ -208,6 +309,52 @@ mod tests {
             requests.finish().await;
             assert_eq!(done.load(Ordering::SeqCst), 3);
             assert!(requests.is_empty());
+        });
+    }
+
+    #[test]
+    fn a_turn_polls_requests_for_at_most_its_time_then_leaves_them_woken() {
+        runtime().block_on(async {
+            let ran = Arc::new(AtomicUsize::new(0));
+            let mut requests = Requests::default();
+            for _ in 0..50 {
+                let ran = ran.clone();
+                requests.push(async move {
+                    // Holds its thread 400 µs when first polled, as an inline run does.
+                    let until = Instant::now() + Duration::from_micros(400);
+                    while Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                    ran.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+            std::future::poll_fn(|cx| {
+                in_turn(|| requests.poll_ended(cx));
+                Poll::Ready(())
+            })
+            .await;
+            let in_one_turn = ran.load(Ordering::SeqCst);
+            assert!(
+                in_one_turn <= 3,
+                "{in_one_turn} requests of 400 µs ran in one turn of {TURN:?}"
+            );
+            // The others were left woken, and run in the turns that follow.
+            let mut turns = 1;
+            while !requests.is_empty() {
+                std::future::poll_fn(|cx| {
+                    in_turn(|| requests.poll_ended(cx));
+                    Poll::Ready(())
+                })
+                .await;
+                tokio::task::yield_now().await;
+                turns += 1;
+                assert!(
+                    turns < 1_000,
+                    "{} requests left",
+                    50 - ran.load(Ordering::SeqCst)
+                );
+            }
+            assert_eq!(ran.load(Ordering::SeqCst), 50);
         });
     }
 
