@@ -179,7 +179,7 @@ where
 pub fn drive<C: Future + Unpin>(connection: C) -> Driven<C> {
     let (started, rx) = mpsc::unbounded_channel();
     Driven {
-        connection,
+        connection: Some(connection),
         started,
         rx,
         requests: Requests::default(),
@@ -213,7 +213,8 @@ const ROUNDS: u32 = 2;
 
 /// What `drive` returns.
 pub struct Driven<C: Future> {
-    connection: C,
+    /// Dropped once it has ended, which tells the streams still open that it has.
+    connection: Option<C>,
     started: mpsc::UnboundedSender<Request>,
     rx: mpsc::UnboundedReceiver<Request>,
     requests: Requests,
@@ -242,12 +243,13 @@ where
         let this = self;
         let mut rounds = 0;
         loop {
-            if this.output.is_none() {
-                let connection = Pin::new(&mut this.connection);
+            if let Some(connection) = this.connection.as_mut() {
+                let connection = Pin::new(connection);
                 if let Poll::Ready(out) =
                     STARTED.sync_scope(this.started.clone(), || connection.poll(cx))
                 {
                     this.output = Some(out);
+                    this.connection = None;
                 }
             }
             let mut started = false;
