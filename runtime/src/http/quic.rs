@@ -142,8 +142,16 @@ async fn serve_connection(
             next = h3conn.accept() => next,
             Some(()) = requests.next(), if !requests.is_empty() => continue,
             _ = stopping => {
-                // GOAWAY: no new requests; those already accepted finish below.
-                let _ = h3conn.shutdown(0).await;
+                // GOAWAY: no new requests; those already accepted finish below, and go on
+                // meanwhile (a client slow to take the GOAWAY holds none of them).
+                let goaway = h3conn.shutdown(0);
+                tokio::pin!(goaway);
+                loop {
+                    tokio::select! {
+                        _ = &mut goaway => break,
+                        Some(()) = requests.next(), if !requests.is_empty() => {}
+                    }
+                }
                 draining = true;
                 break;
             }
