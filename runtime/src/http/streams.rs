@@ -36,28 +36,52 @@ tokio::task_local! {
 /// How long one turn of a connection's task may go on polling its requests: past it, the
 /// requests still woken wait for the task's next turn, and the thread serves its other tasks.
 /// A turn therefore holds its thread at most this long plus one request's poll (an inline run
-/// is bounded by its slice).
+/// is bounded by its slice). Every turn polls at least one request, however long the
+/// connection's own work took, so requests always progress.
 const TURN: Duration = Duration::from_millis(1);
 
+/// A turn in progress: when it began, and whether it has polled a request yet.
+#[derive(Clone, Copy)]
+struct Turn {
+    started: Instant,
+    polled: bool,
+}
+
 thread_local! {
-    /// When the turn of the connection task being polled on this thread began.
-    static TURN_STARTED: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// The turn of the connection task being polled on this thread.
+    static TURN_NOW: Cell<Option<Turn>> = const { Cell::new(None) };
 }
 
 /// Run `poll` as a turn of a connection's task (see `TURN`).
 fn in_turn<R>(poll: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Instant>);
+    struct Restore(Option<Turn>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            TURN_STARTED.with(|turn| turn.set(self.0));
+            TURN_NOW.with(|turn| turn.set(self.0));
         }
     }
-    let _restore = Restore(TURN_STARTED.with(|turn| turn.replace(Some(Instant::now()))));
+    let turn = Turn {
+        started: Instant::now(),
+        polled: false,
+    };
+    let _restore = Restore(TURN_NOW.with(|now| now.replace(Some(turn))));
     poll()
 }
 
-fn turn_is_over() -> bool {
-    TURN_STARTED.with(|turn| turn.get().is_some_and(|started| started.elapsed() >= TURN))
+/// Whether a request may be polled now: always outside a turn and for a turn's first request,
+/// then until the turn's time is over.
+fn may_poll_a_request() -> bool {
+    TURN_NOW.with(|now| match now.get() {
+        None => true,
+        Some(turn) if !turn.polled => {
+            now.set(Some(Turn {
+                polled: true,
+                ..turn
+            }));
+            true
+        }
+        Some(turn) => turn.started.elapsed() < TURN,
+    })
 }
 
 /// One request beside its neighbours. A panic while it is polled or dropped is caught, so it
@@ -79,13 +103,13 @@ impl Future for Guarded {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if turn_is_over() {
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
         let Some(request) = self.request.as_mut() else {
             return Poll::Ready(());
         };
+        if !may_poll_a_request() {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| request.as_mut().poll(cx)));
         let panicked = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
@@ -314,6 +338,22 @@ mod tests {
         });
     }
 
+    fn spin(time: Duration) {
+        let until = Instant::now() + time;
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Poll the requests woken, as one turn of their connection's task does.
+    async fn one_turn(requests: &mut Requests) {
+        std::future::poll_fn(|cx| {
+            in_turn(|| requests.poll_ended(cx));
+            Poll::Ready(())
+        })
+        .await;
+    }
+
     #[test]
     fn a_turn_polls_requests_for_at_most_its_time_then_leaves_them_woken() {
         runtime().block_on(async {
@@ -323,31 +363,35 @@ mod tests {
                 let ran = ran.clone();
                 requests.push(async move {
                     // Holds its thread 400 µs when first polled, as an inline run does.
-                    let until = Instant::now() + Duration::from_micros(400);
-                    while Instant::now() < until {
-                        std::hint::spin_loop();
-                    }
+                    spin(Duration::from_micros(400));
                     ran.fetch_add(1, Ordering::SeqCst);
                 });
             }
-            std::future::poll_fn(|cx| {
-                in_turn(|| requests.poll_ended(cx));
-                Poll::Ready(())
-            })
-            .await;
+            one_turn(&mut requests).await;
             let in_one_turn = ran.load(Ordering::SeqCst);
             assert!(
                 in_one_turn <= 3,
                 "{in_one_turn} requests of 400 µs ran in one turn of {TURN:?}"
             );
+            // A turn whose connection's own work took all its time still runs one request.
+            let before = ran.load(Ordering::SeqCst);
+            std::future::poll_fn(|cx| {
+                in_turn(|| {
+                    spin(Duration::from_micros(1_200));
+                    requests.poll_ended(cx)
+                });
+                Poll::Ready(())
+            })
+            .await;
+            assert_eq!(
+                ran.load(Ordering::SeqCst) - before,
+                1,
+                "a turn over at its start"
+            );
             // The others were left woken, and run in the turns that follow.
             let mut turns = 1;
             while !requests.is_empty() {
-                std::future::poll_fn(|cx| {
-                    in_turn(|| requests.poll_ended(cx));
-                    Poll::Ready(())
-                })
-                .await;
+                one_turn(&mut requests).await;
                 tokio::task::yield_now().await;
                 turns += 1;
                 assert!(
@@ -367,7 +411,23 @@ mod tests {
         started: bool,
         /// Ends as soon as it has started its streams (as a connection reset would).
         at_once: bool,
-        tasks: Arc<std::sync::Mutex<Vec<Option<tokio::task::Id>>>>,
+        tasks: Ended,
+    }
+
+    type Ended = Arc<std::sync::Mutex<Vec<Option<tokio::task::Id>>>>;
+
+    impl Connection {
+        /// The connection, and the tasks its streams ended in, as they end.
+        fn new(n: usize, at_once: bool) -> (Self, Ended) {
+            let tasks = Ended::default();
+            let connection = Connection {
+                n,
+                started: false,
+                at_once,
+                tasks: tasks.clone(),
+            };
+            (connection, tasks)
+        }
     }
 
     impl Future for Connection {
@@ -397,13 +457,7 @@ mod tests {
     #[test]
     fn a_connections_streams_run_in_its_task_and_it_ends_after_them() {
         runtime().block_on(async {
-            let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let connection = Connection {
-                n: 5,
-                started: false,
-                at_once: false,
-                tasks: tasks.clone(),
-            };
+            let (connection, tasks) = Connection::new(5, false);
             let driving = tokio::spawn(async move {
                 let ended = drive(Box::pin(connection)).await;
                 (ended, tokio::task::id())
@@ -422,13 +476,7 @@ mod tests {
     #[test]
     fn a_connection_that_ends_first_is_driven_until_its_streams_have_ended() {
         runtime().block_on(async {
-            let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let connection = Connection {
-                n: 3,
-                started: false,
-                at_once: true,
-                tasks: tasks.clone(),
-            };
+            let (connection, tasks) = Connection::new(3, true);
             assert_eq!(drive(Box::pin(connection)).await, 0);
             assert_eq!(tasks.lock().expect("lock").len(), 3, "streams left running");
         });
@@ -437,13 +485,7 @@ mod tests {
     #[test]
     fn a_stream_started_outside_a_driven_connection_gets_a_task_of_its_own() {
         runtime().block_on(async {
-            let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let connection = Connection {
-                n: 2,
-                started: false,
-                at_once: false,
-                tasks: tasks.clone(),
-            };
+            let (connection, tasks) = Connection::new(2, false);
             let driving = tokio::spawn(async move {
                 let ended = connection.await;
                 (ended, tokio::task::id())
