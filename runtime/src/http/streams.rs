@@ -253,8 +253,8 @@ where
     type Output = C::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
-        let this = self.get_mut();
-        in_turn(|| this.turn(cx))
+        let driven = self.get_mut();
+        in_turn(|| driven.turn(cx))
     }
 }
 
@@ -264,27 +264,26 @@ where
     C::Output: Unpin,
 {
     fn turn(&mut self, cx: &mut Context<'_>) -> Poll<C::Output> {
-        let this = self;
         let mut rounds = 0;
         loop {
-            if let Some(connection) = this.connection.as_mut() {
+            if let Some(connection) = self.connection.as_mut() {
                 let connection = Pin::new(connection);
                 if let Poll::Ready(out) =
-                    STARTED.sync_scope(this.started.clone(), || connection.poll(cx))
+                    STARTED.sync_scope(self.started.clone(), || connection.poll(cx))
                 {
-                    this.output = Some(out);
-                    this.connection = None;
+                    self.output = Some(out);
+                    self.connection = None;
                 }
             }
             let mut started = false;
-            while let Poll::Ready(Some(request)) = this.rx.poll_recv(cx) {
-                this.requests.push_boxed(request);
+            while let Poll::Ready(Some(request)) = self.rx.poll_recv(cx) {
+                self.requests.push_boxed(request);
                 started = true;
             }
-            let ended = this.requests.poll_ended(cx);
-            if this.output.is_some() {
-                if this.requests.is_empty() {
-                    if let Some(out) = this.output.take() {
+            let ended = self.requests.poll_ended(cx);
+            if self.output.is_some() {
+                if self.requests.is_empty() {
+                    if let Some(out) = self.output.take() {
                         return Poll::Ready(out);
                     }
                 }
