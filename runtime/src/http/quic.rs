@@ -96,7 +96,7 @@ impl QuicListener {
                     https: true,
                     protocol: "HTTP/3",
                 };
-                // Each poll a turn: its requests run at most `streams::TURN` before it yields.
+                // Each poll a turn: past `streams::TURN`, its requests wait for the next one.
                 streams::turns(serve_connection(conn, handler, info, limits, stop)).await;
             });
         }
@@ -144,7 +144,10 @@ async fn serve_connection(
             _ = stopping => {
                 // GOAWAY: no new requests; those already accepted finish below, and go on
                 // meanwhile (a client slow to take the GOAWAY holds none of them).
-                let goaway = h3conn.shutdown(0);
+                // The GOAWAY's id is the first request not processed (RFC 9114 5.2): h3 sends
+                // the last accepted one's plus `max_requests`, so 1, not 0, which would tell the
+                // client that the last request accepted was not processed (it may retry it).
+                let goaway = h3conn.shutdown(1);
                 tokio::pin!(goaway);
                 loop {
                     tokio::select! {

@@ -35,9 +35,10 @@ tokio::task_local! {
 
 /// How long one turn of a connection's task may go on polling its requests: past it, the
 /// requests still woken wait for the task's next turn, and the thread serves its other tasks.
-/// A turn therefore holds its thread at most this long plus one request's poll (an inline run
-/// is bounded by its slice). Every turn polls at least one request, however long the
-/// connection's own work took, so requests always progress.
+/// A turn therefore holds its thread for the connection's own work (frames read and written,
+/// bounded by tokio's cooperative budget), plus this long of requests, plus one more request's
+/// poll (an inline run is bounded by its slice). Every turn polls at least one request, however
+/// long the connection's own work took, so requests always progress.
 const TURN: Duration = Duration::from_millis(1);
 
 /// A turn in progress: when it began, and whether it has polled a request yet.

@@ -969,6 +969,13 @@ fn sigterm_drains_http3_requests_in_flight_and_exits_zero() {
     );
     let reply: serde_json::Value = serde_json::from_str(&said).expect("client JSON");
     assert_eq!(reply["statuses"]["200"], 4, "{reply}");
+    // The GOAWAY's id is the first request the node did not process (RFC 9114 5.2): past all
+    // four, which it did process, so a client must not retry any of them.
+    let (goaway, highest) = (reply["goaway"].as_u64(), reply["highest_stream"].as_u64());
+    assert!(
+        matches!((goaway, highest), (Some(g), Some(h)) if g > h),
+        "GOAWAY {goaway:?} for requests up to stream {highest:?}: {reply}"
+    );
     assert_eq!(
         std::fs::read(edge.dir.path("h3-drain.out")).expect("body"),
         b"first\nsecond\n"

@@ -16,6 +16,8 @@ look at the server while the connection is open.
 argument. With --idle-wait, the connection then stays open, sending nothing, until it ends
 (the server's idle timeout, which the client adopts when it is the shorter) or SECONDS pass:
 "closed_after" in the JSON is the time that took (null if it did not end).
+When the server sent GOAWAY, "goaway" in the JSON is its id and "highest_stream" the highest
+stream id this client opened.
 With --beside URL (same host), one GET to URL is sent first on the same connection and the
 other requests go beside it: "beside" in the JSON gives its status and "after", the seconds
 from the start until it ended, and "others_after" those until the last other request ended.
@@ -30,9 +32,11 @@ from urllib.parse import urlparse
 
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.buffer import Buffer, BufferReadError
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import StreamDataReceived
 
 
 class Client(QuicConnectionProtocol):
@@ -42,8 +46,30 @@ class Client(QuicConnectionProtocol):
         self.done = {}
         self.events = {}
         self.extra_headers = []
+        # The id in the server's GOAWAY, if it sent one: aioquic drops the frame's payload, so
+        # the server's unidirectional streams are read here too (`_watch_control`).
+        self.goaway = None
+        self.highest_stream = None
+        self.uni = {}
+
+    def _watch_control(self, stream_id, data):
+        seen = self.uni.setdefault(stream_id, bytearray())
+        seen += data
+        buf = Buffer(data=bytes(seen))
+        try:
+            if buf.pull_uint_var() != 0x0:  # not the control stream
+                return
+            while True:
+                frame_type, length = buf.pull_uint_var(), buf.pull_uint_var()
+                payload = buf.pull_bytes(length)
+                if frame_type == 0x7:  # GOAWAY
+                    self.goaway = Buffer(data=payload).pull_uint_var()
+        except BufferReadError:
+            pass  # the rest has not arrived yet
 
     def quic_event_received(self, event):
+        if isinstance(event, StreamDataReceived) and event.stream_id % 4 == 3:
+            self._watch_control(event.stream_id, event.data)
         for ev in self.http.handle_event(event):
             if isinstance(ev, (HeadersReceived, DataReceived)):
                 self.events.setdefault(ev.stream_id, []).append(ev)
@@ -52,6 +78,7 @@ class Client(QuicConnectionProtocol):
 
     async def request(self, method, authority, path, body, streamed=False):
         sid = self._quic.get_next_available_stream_id()
+        self.highest_stream = sid if self.highest_stream is None else max(self.highest_stream, sid)
         headers = [
             (b":method", method.encode()),
             (b":scheme", b"https"),
@@ -136,6 +163,7 @@ async def main(args):
                     raise RuntimeError("stdin closed between rounds")
         if beside is not None:
             beside = await beside
+        goaway, highest_stream = client.goaway, client.highest_stream
         closed_after = None
         if args.idle_wait:
             idle_from = time.monotonic()
@@ -162,6 +190,9 @@ async def main(args):
         reply["statuses"] = statuses
     if args.idle_wait:
         reply["closed_after"] = closed_after
+    if goaway is not None:
+        reply["goaway"] = goaway
+        reply["highest_stream"] = highest_stream
     if beside is not None:
         reply["beside"] = beside
         reply["others_after"] = others_after
