@@ -10,6 +10,15 @@ use std::time::{Duration, Instant};
 use wasmer::Interrupter;
 
 const RETRY: Duration = Duration::from_millis(5);
+/// While guests keep arming deadlines, the timer thread wakes at least this often on its own,
+/// so an arm rarely has to wake it: a notification costs the arming thread a futex call and
+/// the timer thread a context switch, and under load (a deadline armed for every inline run)
+/// that was most of the watchdog's cost. After a whole tick in which nothing was armed, it
+/// waits to be notified again. No deadline fires later for it: the thread still sleeps
+/// towards the earliest one, and an arm before the thread's next wake notifies it. Equal to
+/// the inline slice, the shortest deadline armed under load: an arm's deadline is then never
+/// before the thread's next tick.
+const TICK: Duration = super::inline::SLICE;
 
 /// Something else to do when a deadline passes (for hosts whose waits the interrupt cannot
 /// end), called each time the interrupt is sent.
@@ -27,6 +36,13 @@ struct Timers {
     armed: BTreeMap<(Instant, u64), Armed>,
     /// What the timer thread sleeps towards (`None`: until notified).
     sleeping_until: Option<Instant>,
+    /// Whether anything was armed since the timer thread last woke.
+    armed_since_wake: bool,
+    /// The last wake of the timer thread that found something armed since the one before: it
+    /// ticks until a whole tick passed after it.
+    busy_at: Option<Instant>,
+    /// Times an arm notified the timer thread.
+    notified: u64,
 }
 
 #[derive(Clone)]
@@ -110,7 +126,9 @@ impl Watchdog {
                     fired: fired.clone(),
                 },
             );
+            timers.armed_since_wake = true;
             if earliest.is_none_or(|e| deadline < e) {
+                timers.notified += 1;
                 wake.notify_one();
             }
         }
@@ -139,20 +157,126 @@ fn run(shared: &(Mutex<Timers>, Condvar)) {
                     timers.armed.insert((now + RETRY, key.1), armed);
                 }
             }
-            Some((at, _)) => {
-                timers.sleeping_until = Some(at);
-                timers = match wake.wait_timeout(timers, at - now) {
-                    Ok((t, _)) => t,
-                    Err(_) => return,
+            due => {
+                if std::mem::take(&mut timers.armed_since_wake) {
+                    timers.busy_at = Some(now);
+                }
+                // A wake towards a deadline can come soon after the last: ticking stops only
+                // after a whole tick without an arm.
+                let ticking = timers
+                    .busy_at
+                    .is_some_and(|busy| now.duration_since(busy) < TICK);
+                let until = match (due, ticking) {
+                    (Some((at, _)), true) => Some(at.min(now + TICK)),
+                    (Some((at, _)), false) => Some(at),
+                    (None, true) => Some(now + TICK),
+                    (None, false) => None,
                 };
-            }
-            None => {
-                timers.sleeping_until = None;
-                timers = match wake.wait(timers) {
-                    Ok(t) => t,
-                    Err(_) => return,
+                timers.sleeping_until = until;
+                timers = match until {
+                    Some(at) => match wake.wait_timeout(timers, at - now) {
+                        Ok((t, _)) => t,
+                        Err(_) => return,
+                    },
+                    None => match wake.wait(timers) {
+                        Ok(t) => t,
+                        Err(_) => return,
+                    },
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::inline;
+    use std::sync::atomic::AtomicU64;
+
+    fn interrupter() -> Interrupter {
+        wasmer::Store::default().interrupter()
+    }
+
+    fn notified(watchdog: &Watchdog) -> u64 {
+        watchdog.shared.0.lock().map(|t| t.notified).unwrap_or(0)
+    }
+
+    /// Waits up to `within` for `done`.
+    fn eventually(within: Duration, done: impl Fn() -> bool) -> bool {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if done() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        done()
+    }
+
+    #[test]
+    fn a_deadline_fires_until_disarmed_and_a_later_one_waits() {
+        let watchdog = Watchdog::start().expect("timer thread");
+        let calls = Arc::new(AtomicU64::new(0));
+        let counted = calls.clone();
+        let also: OnFire = Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        let later = watchdog.arm(Instant::now() + Duration::from_secs(60), interrupter());
+        let soon = watchdog.arm_with(
+            Instant::now() + Duration::from_millis(5),
+            interrupter(),
+            Some(also),
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || calls.load(Ordering::SeqCst)
+                >= 2),
+            "fired and retried: {} calls",
+            calls.load(Ordering::SeqCst)
+        );
+        assert!(soon.disarm(), "the disarmed guard says it fired");
+        let after = calls.load(Ordering::SeqCst);
+        std::thread::sleep(RETRY * 3);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            after,
+            "disarmed: no more interrupts"
+        );
+        assert!(!later.fired(), "a deadline a minute away has not fired");
+    }
+
+    #[test]
+    fn guests_arming_one_after_another_do_not_wake_the_timer_thread_each_time() {
+        let watchdog = Watchdog::start().expect("timer thread");
+        // Let the thread park: the first arm notifies it.
+        std::thread::sleep(TICK * 3);
+        let start = Instant::now();
+        let (mut arms, mut gaps) = (0u64, 0u64);
+        let mut last = start;
+        while start.elapsed() < Duration::from_millis(200) {
+            // A short run, then a wait for the next request: the thread mostly finds nothing
+            // armed when it wakes.
+            let now = Instant::now();
+            if now.duration_since(last) >= TICK {
+                gaps += 1;
+            }
+            last = now;
+            let guard = watchdog.arm(now + inline::SLICE, interrupter());
+            drop(guard);
+            arms += 1;
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        let notified = notified(&watchdog);
+        // Without the ticks, every wake of the thread that finds nothing armed costs the next
+        // arm a notification (about 140 in 200 ms here). With them, only the first arm and one
+        // after each pause of a whole tick (this thread held off its core) may notify, and
+        // rarely an arm whose deadline was read just before the thread woke.
+        assert!(
+            notified <= 3 + gaps,
+            "{notified} of {arms} arms notified the timer thread in 200 ms, with {gaps} pauses"
+        );
+        // Deadlines still fire while it ticks.
+        let fired = watchdog.arm(Instant::now() + Duration::from_millis(3), interrupter());
+        assert!(eventually(Duration::from_secs(10), || fired.fired()));
     }
 }
