@@ -83,6 +83,16 @@ pub enum CheckError {
     UndeclaredOutbound(String),
     #[error("imports `outpost_http_v1`.`{0}` and needs the wasix host; subrequests are provided on the lean host only")]
     OutboundNeedsLean(String),
+    #[error("declares the function type {found}, which wasmer cannot tell apart from the wasix host's function type {host} (both hash to {hash:#010x}); change the type, for example reorder or add a parameter")]
+    SignatureCollision {
+        found: String,
+        host: String,
+        hash: u32,
+    },
+    #[error(
+        "the wasix host's function types could not be read to check the module's against them: {0}"
+    )]
+    HostTypes(String),
     #[error("imports a {kind} `{module}`.`{name}`; outpost provides only functions")]
     NonFunctionImport {
         kind: &'static str,

@@ -215,7 +215,7 @@ impl App {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{0}")]
+    #[error(transparent)]
     Check(#[from] CheckError),
     #[error("compiling failed: {0}")]
     Compile(String),
@@ -476,6 +476,9 @@ impl Sandbox {
             Some(module) => (module, LoadSource::Cache),
             None => (self.compile(&engine, bytes, &digest)?, LoadSource::Compiled),
         };
+        if shape.host == HostKind::Wasix {
+            wasix::check_types(&module)?;
+        }
         let mut app_env = EnvBlock::default();
         for (k, v) in env {
             app_env.push(k, v.as_bytes());
@@ -1536,6 +1539,104 @@ mod tests {
                 std::thread::yield_now();
             }
         }
+    }
+
+    /// Parameters (24 numeric types) of a function type whose signature hash is `target`.
+    /// wasmer's hash is a crc32 of the types, which is affine over GF(2) in their bits: it is
+    /// solved from one probe per bit, with the hash itself as the black box.
+    fn params_hashing_to(target: u32) -> Vec<wasmer::Type> {
+        use wasmer::Type::{F32, F64, I32, I64};
+        const N: usize = 24;
+        let types = [I32, I64, F32, F64];
+        let hash = |bits: &[usize; N]| {
+            let params: Vec<_> = bits.iter().map(|b| types[*b]).collect();
+            wasmer::FunctionType::new(params, vec![]).signature_hash()
+        };
+        let base = hash(&[0; N]);
+        // A basis of the bits' effects, by distinct leading bit, highest first; each with the
+        // set of bits (as a mask) that makes it.
+        let mut basis: Vec<(u32, u64)> = Vec::new();
+        for k in 0..2 * N {
+            let mut bits = [0; N];
+            bits[k / 2] = 1 << (k % 2);
+            let (mut value, mut mask) = (hash(&bits) ^ base, 1u64 << k);
+            for (v, m) in &basis {
+                if value ^ v < value {
+                    value ^= v;
+                    mask ^= m;
+                }
+            }
+            if value != 0 {
+                basis.push((value, mask));
+                basis.sort_by_key(|b| std::cmp::Reverse(b.0));
+            }
+        }
+        let (mut want, mut mask) = (target ^ base, 0u64);
+        for (v, m) in &basis {
+            if want ^ v < want {
+                want ^= v;
+                mask ^= m;
+            }
+        }
+        assert_eq!(want, 0, "the bits span every hash");
+        let mut bits = [0; N];
+        for (k, bit) in (0..2 * N).map(|k| (k, (mask >> k) & 1)) {
+            bits[k / 2] |= (bit as usize) << (k % 2);
+        }
+        let params: Vec<_> = bits.iter().map(|b| types[*b]).collect();
+        assert_eq!(
+            wasmer::FunctionType::new(params.clone(), vec![]).signature_hash(),
+            target
+        );
+        params
+    }
+
+    /// wasmer tells function types apart by a 32-bit hash, and panics when a second type with
+    /// a known hash is registered in an engine. The wasix host makes all its functions for each
+    /// request's instance, so a module type built to collide with one of theirs would panic
+    /// every request; it is refused when the app loads. The lean host makes only the module's
+    /// imports, whose types the check compares with the host's, so there the module loads.
+    #[test]
+    fn a_module_type_that_collides_with_a_wasix_host_function_is_refused_at_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sandbox = Sandbox::new(SandboxConfig::new(dir.path().into())).expect("sandbox");
+        // fd_write's type on every WASI version wasix provides.
+        let fd_write =
+            wasmer::FunctionType::new(vec![wasmer::Type::I32; 4], vec![wasmer::Type::I32]);
+        let params = params_hashing_to(fd_write.signature_hash());
+        let list = params
+            .iter()
+            .map(|t| t.to_string().to_lowercase())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let wat = format!(
+            r#"(module
+            (type (func (param {list})))
+            (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))
+            (func (export "_start")))"#
+        );
+        let bytes = wasmer::wat2wasm(wat.as_bytes()).expect("wat");
+        match sandbox.load_with("collides", &bytes, vec![], &[], HostChoice::Wasix) {
+            Err(LoadError::Check(CheckError::SignatureCollision { host, hash, .. })) => {
+                assert_eq!(host, "(i32, i32, i32, i32) -> (i32)");
+                assert_eq!(hash, fd_write.signature_hash());
+            }
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a module whose type collides with fd_write's loaded on wasix"),
+        }
+        sandbox
+            .load_with("collides", &bytes, vec![], &[], HostChoice::Lean)
+            .expect("the lean host makes only the imports, of the module's own types");
+        let plain = wasmer::wat2wasm(
+            br#"(module
+            (type (func (param i64 i64)))
+            (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))
+            (func (export "_start")))"#,
+        )
+        .expect("wat");
+        sandbox
+            .load_with("plain", &plain, vec![], &[], HostChoice::Wasix)
+            .expect("a module without such a type loads on wasix");
     }
 
     /// A lean app's store is kept between its requests on a thread, and each request still

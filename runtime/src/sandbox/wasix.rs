@@ -4,6 +4,7 @@
 //! filesystem is wasix's in-memory one; nothing of the host's is mounted.
 //! Slower per request (wasix rebuilds its imports per instance); the lean host stays the default.
 
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,9 +18,11 @@ use wasmer_wasix::runtime::task_manager::tokio::TokioTaskManager;
 use wasmer_wasix::runtime::task_manager::{TaskWasm, VirtualTaskManager};
 use wasmer_wasix::virtual_fs::{self, VirtualFile};
 use wasmer_wasix::WasiThreadError;
+use wasmer_wasix::{generate_import_object_from_env, WasiVersion};
 use wasmer_wasix::{PluggableRuntime, UnsupportedVirtualNetworking, WasiEnv, WasiError};
 
 use super::cgi::EnvBlock;
+use super::check::CheckError;
 use super::io::{GuestInput, GuestOutput, HostStop, StderrBuf};
 use crate::error::Failure;
 
@@ -382,6 +385,87 @@ pub fn prepare(
             stream: Stream::Stderr,
         }));
     Prepared { builder, stdio }
+}
+
+/// The function types of every host function wasix makes for an instance (all its WASI and
+/// WASIX versions), by the signature hash wasmer files them under. Probed once per process.
+fn host_types() -> Result<&'static HashMap<u32, wasmer::FunctionType>, String> {
+    static TYPES: OnceLock<Result<HashMap<u32, wasmer::FunctionType>, String>> = OnceLock::new();
+    TYPES
+        .get_or_init(|| {
+            // Its own thread: wasix's environment wants a tokio runtime, which must not be
+            // made or dropped on one of the node's async threads.
+            std::thread::spawn(probe_host_types)
+                .join()
+                .unwrap_or_else(|_| Err("the probe panicked".into()))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn probe_host_types() -> Result<HashMap<u32, wasmer::FunctionType>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let _entered = runtime.enter();
+    let mut store = wasmer::Store::default();
+    let tasks = TokioTaskManager::new(runtime.handle().clone());
+    let env = WasiEnv::builder("probe")
+        .runtime(Arc::new(PluggableRuntime::new(Arc::new(tasks))))
+        .finalize(&mut store)
+        .map_err(|e| e.to_string())?;
+    let mut types = HashMap::new();
+    for version in [
+        WasiVersion::Snapshot0,
+        WasiVersion::Snapshot1,
+        WasiVersion::Wasix32v1,
+        WasiVersion::Wasix64v1,
+    ] {
+        let imports = generate_import_object_from_env(&mut store, &env.env, version);
+        for (_, export) in &imports {
+            if let wasmer::Extern::Function(f) = export {
+                let ty = f.ty(&store);
+                types.insert(ty.signature_hash(), ty);
+            }
+        }
+    }
+    Ok(types)
+}
+
+/// Refuses a module with a function type wasmer cannot tell apart from one of wasix's host
+/// functions. wasmer checks a type by a 32-bit hash of it, and registering a second type with
+/// a known hash panics (and poisons the engine's registry). Within a module its compiler refuses
+/// such a pair; but the wasix host makes its functions, all of them, only when a request's
+/// instance is made. A type built for the collision (crc32 is easy to solve for) would panic
+/// every request of the app.
+pub fn check_types(module: &wasmer::Module) -> Result<(), CheckError> {
+    let host = host_types().map_err(CheckError::HostTypes)?;
+    for ty in module.info().signatures.values() {
+        let hash = ty.signature_hash();
+        match host.get(&hash) {
+            Some(theirs) if theirs != ty => {
+                return Err(CheckError::SignatureCollision {
+                    found: signature(ty),
+                    host: signature(theirs),
+                    hash,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A function type as the module check writes signatures: `(i32, i64) -> (i32)`.
+fn signature(ty: &wasmer::FunctionType) -> String {
+    let list = |types: &[wasmer::Type]| {
+        types
+            .iter()
+            .map(|t| t.to_string().to_lowercase())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("({}) -> ({})", list(ty.params()), list(ty.results()))
 }
 
 /// The exit code if this error is wasix's `proc_exit`.
