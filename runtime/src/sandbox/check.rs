@@ -316,6 +316,16 @@ pub fn check_module_with(
                     }
                 }
             }
+            // Every exception thrown is an object in the request's store, with its payload and
+            // a native backtrace as deep as the guest's stack, kept until the request ends:
+            // host memory the tenant's memory limit does not see (wasmer has no hook to charge
+            // it). A throw needs a tag, declared here or imported (imports of anything but
+            // functions are refused below), so without tags no exception exists.
+            Payload::TagSection(_) => {
+                return Err(CheckError::Unsupported(
+                    "exception handling (a tag section): each exception thrown holds host memory outside the tenant's memory limit until the request ends",
+                ));
+            }
             Payload::End(_) => saw_end = true,
             _ => {}
         }
@@ -423,6 +433,34 @@ mod tests {
         );
         let err = check_module(&wrong, 1 << 20, HostChoice::Auto).unwrap_err();
         assert!(err.to_string().contains("fd_write"), "{err}");
+    }
+
+    #[test]
+    fn exception_handling_is_refused_on_every_host() {
+        let throws = wat(r#"(module
+            (tag $t (param i64))
+            (func (export "_start")
+              (block $caught (result i64)
+                (try_table (catch $t $caught) (throw $t (i64.const 1)))
+                unreachable)
+              drop))"#);
+        let imported =
+            wat(r#"(module (import "env" "t" (tag (param i32))) (func (export "_start")))"#);
+        for host in [HostChoice::Auto, HostChoice::Lean, HostChoice::Wasix] {
+            let err = check_module(&throws, 1 << 20, host).unwrap_err();
+            assert!(
+                matches!(err, CheckError::Unsupported(what) if what.starts_with("exception handling")),
+                "{host:?}: {err}"
+            );
+            assert!(
+                matches!(
+                    check_module(&imported, 1 << 20, host).unwrap_err(),
+                    CheckError::NonFunctionImport { kind: "tag", .. }
+                        | CheckError::ForeignImport { .. }
+                ),
+                "{host:?}: an imported tag"
+            );
+        }
     }
 
     #[test]

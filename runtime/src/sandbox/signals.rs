@@ -18,8 +18,7 @@
 //! wasmer's handler as before.
 //!
 //! A declined interrupt must still stop the guest: one that spends nearly all its time in
-//! wasmer's library calls (a loop of `memory.fill`, or of exceptions thrown from deep in its
-//! stack) would otherwise see every resend declined and run on until its fuel ran out. So while
+//! wasmer's library calls (a loop of `memory.fill`) would otherwise see every resend declined and run on until its fuel ran out. So while
 //! a run's call is on this thread (`Running`), a declined interrupt whose deadline has passed
 //! empties the guest's fuel: the next fuel check in its compiled code traps, and the run ends
 //! as one stopped by its deadline. That write is safe: the thread is in host code, so no
