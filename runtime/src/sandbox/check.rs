@@ -119,6 +119,26 @@ fn spawns_threads(name: &str) -> bool {
     name == "thread-spawn" || name.starts_with("thread_spawn")
 }
 
+/// Names of WASIX imports that run or load other code: processes (`proc_spawn*`,
+/// `proc_exec*`, `proc_fork*`), dynamic libraries (`dlopen`, `dlsym`), closures (which wasix
+/// builds as new modules) and green threads (`context_*`, each with a stack of its own). wasix
+/// compiles what they load in its runtime's engine, shared by every tenant, outside the
+/// request's fuel, deadline and memory limit; what they would run escapes them too.
+fn loads_code(name: &str) -> Option<&'static str> {
+    let prefixed = |prefix: &str| name.starts_with(prefix);
+    if prefixed("proc_spawn") || prefixed("proc_exec") || prefixed("proc_fork") {
+        Some("other processes (a proc_spawn, proc_exec or proc_fork import)")
+    } else if name == "dlopen" || name == "dlsym" {
+        Some("dynamic loading (a dlopen or dlsym import)")
+    } else if prefixed("closure_") {
+        Some("closures (a closure_* import: wasix compiles each as a new module)")
+    } else if prefixed("context_") {
+        Some("green threads (a context_* import: each context has a stack of its own)")
+    } else {
+        None
+    }
+}
+
 /// A memory outpost can host: 32-bit, not shared (shared memories exist for threads, and
 /// their waits are host waits no deadline interrupts).
 fn check_memory(ty: &MemoryType) -> Result<(), CheckError> {
@@ -236,6 +256,9 @@ pub fn check_module_with(
                     if spawns_threads(&name) {
                         return Err(CheckError::Unsupported("threads (a thread-spawn import)"));
                     }
+                    if let Some(what) = loads_code(&name) {
+                        return Err(CheckError::Unsupported(what));
+                    }
                     if WASIX_MODULES.contains(&module.as_str()) {
                         // wasix checks these itself when it links the instance.
                         needs_wasix.get_or_insert((module, name));
@@ -319,8 +342,8 @@ pub fn check_module_with(
             // Every exception thrown is an object in the request's store, with its payload and
             // a native backtrace as deep as the guest's stack, kept until the request ends:
             // host memory the tenant's memory limit does not see (wasmer has no hook to charge
-            // it). A throw needs a tag, declared here or imported (imports of anything but
-            // functions are refused below), so without tags no exception exists.
+            // it). A throw needs a tag, declared here or imported (the import section, above,
+            // refuses imported tags), so without tags no exception exists.
             Payload::TagSection(_) => {
                 return Err(CheckError::Unsupported(
                     "exception handling (a tag section): each exception thrown holds host memory outside the tenant's memory limit until the request ends",
@@ -433,6 +456,36 @@ mod tests {
         );
         let err = check_module(&wrong, 1 << 20, HostChoice::Auto).unwrap_err();
         assert!(err.to_string().contains("fd_write"), "{err}");
+    }
+
+    #[test]
+    fn imports_that_run_or_load_other_code_are_refused() {
+        for (module, name) in [
+            ("wasix_32v1", "proc_spawn3"),
+            ("wasix_32v1", "proc_exec"),
+            ("wasix_64v1", "proc_fork"),
+            ("wasix_32v1", "dlopen"),
+            ("wasi", "dlsym"),
+            ("wasix_32v1", "closure_prepare"),
+            ("wasix_32v1", "context_create"),
+        ] {
+            let bytes = wat(&format!(
+                r#"(module (import "{module}" "{name}" (func (param i32) (result i32))) (func (export "_start")))"#
+            ));
+            for host in [HostChoice::Auto, HostChoice::Wasix] {
+                assert!(
+                    matches!(
+                        check_module(&bytes, 1 << 20, host),
+                        Err(CheckError::Unsupported(_))
+                    ),
+                    "{module}.{name} on {host:?}"
+                );
+            }
+        }
+        let getpid = wat(
+            r#"(module (import "wasix_32v1" "proc_id" (func (param i32) (result i32))) (func (export "_start")))"#,
+        );
+        assert!(check_module(&getpid, 1 << 20, HostChoice::Auto).is_ok());
     }
 
     #[test]

@@ -138,6 +138,10 @@ impl WasixHost {
                 };
                 let mut runtime = PluggableRuntime::new(Arc::new(tasks));
                 runtime.set_networking_implementation(UnsupportedVirtualNetworking::default());
+                // An engine that cannot compile: wasix compiles what a guest spawns, execs or
+                // loads in its runtime's engine, which every tenant would share, outside any
+                // envelope. The module check refuses those imports; this is the second wall.
+                runtime.set_engine(<wasmer::Engine as wasmer::sys::NativeEngineExt>::headless());
                 Arc::new(runtime)
             })
             .clone()
@@ -388,19 +392,23 @@ pub fn prepare(
 }
 
 /// The function types of every host function wasix makes for an instance (all its WASI and
-/// WASIX versions), by the signature hash wasmer files them under. Probed once per process.
+/// WASIX versions), by the signature hash wasmer files them under. Probed once per process
+/// (again after a failed probe).
 fn host_types() -> Result<&'static HashMap<u32, wasmer::FunctionType>, String> {
-    static TYPES: OnceLock<Result<HashMap<u32, wasmer::FunctionType>, String>> = OnceLock::new();
-    TYPES
-        .get_or_init(|| {
-            // Its own thread: wasix's environment wants a tokio runtime, which must not be
-            // made or dropped on one of the node's async threads.
-            std::thread::spawn(probe_host_types)
-                .join()
-                .unwrap_or_else(|_| Err("the probe panicked".into()))
-        })
-        .as_ref()
-        .map_err(Clone::clone)
+    static TYPES: OnceLock<HashMap<u32, wasmer::FunctionType>> = OnceLock::new();
+    if let Some(types) = TYPES.get() {
+        return Ok(types);
+    }
+    // Its own thread: wasix's environment wants a tokio runtime, which must not be made or
+    // dropped on one of the node's async threads. A failure is not kept: the next load tries
+    // again.
+    let probed = std::thread::Builder::new()
+        .name("outpost-wasix-probe".into())
+        .spawn(probe_host_types)
+        .map_err(|e| format!("no thread for the probe: {e}"))?
+        .join()
+        .unwrap_or_else(|_| Err("the probe panicked".into()))?;
+    Ok(TYPES.get_or_init(|| probed))
 }
 
 fn probe_host_types() -> Result<HashMap<u32, wasmer::FunctionType>, String> {

@@ -15,10 +15,12 @@ const RETRY: Duration = Duration::from_millis(5);
 /// the timer thread a context switch, and under load (a deadline armed for every inline run)
 /// that was most of the watchdog's cost. After a whole tick in which nothing was armed, it
 /// waits to be notified again. No deadline fires later for it: the thread still sleeps
-/// towards the earliest one, and an arm before the thread's next wake notifies it. Equal to
+/// towards the earliest one, and an arm whose deadline comes before the thread's next wake
+/// notifies it. Equal to
 /// the inline slice, the shortest deadline armed under load: an arm's deadline is then never
 /// before the thread's next tick.
 const TICK: Duration = super::inline::SLICE;
+const _: () = assert!(!TICK.is_zero(), "a zero tick would spin");
 
 /// Something else to do when a deadline passes (for hosts whose waits the interrupt cannot
 /// end), called each time the interrupt is sent.
